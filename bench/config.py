@@ -1,0 +1,74 @@
+"""Typed, frozen configuration for a benchmark run, written next to every result."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+DEFAULT_STEPS = (10, 20, 50, 100, 1000)  # the DDIM paper's grid
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's numbers."""
+
+    samplers: tuple[str, ...] = ("all",)
+    steps: tuple[int, ...] = DEFAULT_STEPS
+    model: str | None = None          # None: the embedded default for the device
+    num_samples: int | None = None    # None: the model's default
+    batch_size: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    metrics: tuple[str, ...] = ("all",)
+    fid_weights: str | None = None
+    bootstrap: int = 200
+    grid_images: int = 64
+    trajectory_images: int = 4
+    plugins: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages whose behaviour shapes the numbers."""
+    out = {"python": platform.python_version()}
+    for name in ("sampler-bench", "torch", "torchvision", "torch-fidelity", "numpy", "pandas", "pluggy", "scipy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout the code runs from, with '+dirty' when it has changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("+dirty" if dirty else "")) or None
+
+
+def provenance(device_name: str) -> dict:
+    """Versions, commit, device and command line: what a reader needs to reproduce a row."""
+    return {"versions": package_versions(), "git_commit": git_commit(), "device_name": device_name,
+            "platform": platform.platform(), "command": [Path(sys.argv[0]).name, *sys.argv[1:]]}
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write JSON so that a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)

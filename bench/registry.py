@@ -1,0 +1,172 @@
+"""What plugins register: samplers (with declared parameters), presets, models and metrics."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.errors import UserError
+from bench.plans import make_plan, sections_plan
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """A declared sampler parameter: default, type and one line of help."""
+
+    default: Any
+    help: str
+    choices: tuple | None = None
+
+    def convert(self, name: str, value: Any) -> Any:
+        """Coerce a command-line string (or a Python value) to this parameter's type."""
+        kind = type(self.default)
+        try:
+            if kind is bool:
+                if isinstance(value, str):
+                    if value.lower() not in _TRUE | _FALSE:
+                        raise ValueError
+                    value = value.lower() in _TRUE
+                value = bool(value)
+            elif kind is float:
+                value = float(value)
+            elif kind is int:
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+                value = int(value)
+            else:
+                value = str(value)
+        except (TypeError, ValueError):
+            raise UserError(f"parameter {name}={value!r} is not a valid {kind.__name__}") from None
+        if self.choices is not None and value not in self.choices:
+            raise UserError(f"parameter {name}={value!r} must be one of {', '.join(map(str, self.choices))}")
+        return value
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A registered sampler.
+
+    `fn(denoiser, x_T, timesteps, noise, *, callback=None, cond=None, **params)` returns x_0.
+    `plan` names the timestep plan ('full', 'uniform', 'quadratic', ..., or 'sections', which
+    reads the `sections` parameter); a `plan` parameter, when declared, overrides it.
+    `nfe_per_step` is the number of network calls per timestep the sampler visits.
+    """
+
+    name: str
+    fn: Callable
+    description: str
+    params: Mapping[str, Param] = field(default_factory=dict)
+    plan: str = "uniform"
+    nfe_per_step: int = 1
+    plugin: str = ""
+
+    def resolve_params(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults updated by `overrides`, each checked against its declaration."""
+        resolved = {name: p.default for name, p in self.params.items()}
+        for name, value in (overrides or {}).items():
+            if name not in self.params:
+                known = ", ".join(self.params) or "none"
+                raise UserError(f"sampler {self.name!r} has no parameter {name!r} (its parameters: {known})")
+            resolved[name] = self.params[name].convert(name, value)
+        return resolved
+
+    def plan_name(self, params: Mapping[str, Any]) -> str:
+        return str(params.get("plan", self.plan))
+
+    def fixed_steps(self, num_timesteps: int, params: Mapping[str, Any]) -> int | None:
+        """The step count when the plan fixes it (full schedule, sections), else None."""
+        plan = self.plan_name(params)
+        if plan == "full":
+            return num_timesteps
+        if plan == "sections":
+            return len(sections_plan(num_timesteps, params["sections"]))
+        return None
+
+    def timesteps(self, num_timesteps: int, steps: int | None, params: Mapping[str, Any]) -> list[int]:
+        """The timestep plan for this sampler, parameters and step count."""
+        plan = self.plan_name(params)
+        if plan == "sections":
+            timesteps = sections_plan(num_timesteps, params["sections"])
+            if steps is not None and steps != len(timesteps):
+                raise UserError(f"{self.name}: sections {params['sections']!r} give {len(timesteps)} steps, not {steps}")
+            return timesteps
+        return make_plan(plan, num_timesteps, steps)
+
+    def expected_nfe(self, timesteps: list[int]) -> int:
+        return self.nfe_per_step * len(timesteps)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named sampler configuration, e.g. 'ddim-eta1' = ddim with eta=1."""
+
+    name: str
+    sampler: str
+    params: Mapping[str, Any]
+    description: str
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: `load(device)` returns a Denoiser."""
+
+    name: str
+    description: str
+    load: Callable
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A registered metric: `create(denoiser, context)` returns an object with
+    `update(samples)` (called batch by batch) and `compute() -> dict[str, float]`,
+    or None when the metric does not apply to that model."""
+
+    name: str
+    description: str
+    create: Callable
+    plugin: str = ""
+
+
+KINDS = {"sampler": SamplerSpec, "preset": Preset, "model": ModelSpec, "metric": MetricSpec}
+
+
+def closest(name: str, options) -> str:
+    """' Did you mean X?' when something is close, else ''."""
+    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+@dataclass
+class Registry:
+    """Everything every plugin registered, plus the errors of plugins that failed."""
+
+    samplers: dict[str, SamplerSpec] = field(default_factory=dict)
+    presets: dict[str, Preset] = field(default_factory=dict)
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    metrics: dict[str, MetricSpec] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    plugins: list[str] = field(default_factory=list)
+
+    def table(self, kind: str) -> dict:
+        return {"sampler": self.samplers, "preset": self.presets, "model": self.models,
+                "metric": self.metrics}[kind]
+
+    def sampler(self, name: str) -> SamplerSpec:
+        """Look a sampler up, with an error that lists the names and the closest match."""
+        if name not in self.samplers:
+            names = sorted(self.samplers) + sorted(self.presets)
+            raise UserError(f"unknown sampler {name!r}.{closest(name, names)} Available: {', '.join(names)}")
+        return self.samplers[name]
+
+    def model(self, name: str) -> ModelSpec:
+        if name not in self.models:
+            raise UserError(f"unknown model {name!r}.{closest(name, self.models)} "
+                            f"Available: {', '.join(sorted(self.models))}")
+        return self.models[name]

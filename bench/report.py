@@ -1,0 +1,197 @@
+"""Plots and a readable report (markdown and HTML) built from a results folder alone."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from bench.errors import UserError
+
+QUALITY_COLUMNS = (("fid", "FID"), ("oracle_fd", "Fréchet distance to the exact distribution"))
+TABLE_COLUMNS = ["sampler", "steps", "nfe", "wall_s", "s_per_image", "ms_per_nfe", "overhead_frac", "peak_mem_mb",
+                 "fid", "fid_ci_low", "fid_ci_high", "fid_floor", "kid", "precision", "recall", "oracle_fd",
+                 "status"]
+
+
+def load_results(out_dir: Path) -> tuple[pd.DataFrame, dict]:
+    """results.csv and config.json of a run folder, with a clear error when they are missing."""
+    out_dir = Path(out_dir)
+    csv = out_dir / "results.csv"
+    if not csv.exists():
+        raise UserError(f"{out_dir} has no results.csv; is it a sampler-bench results folder?")
+    config_path = out_dir / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    return pd.read_csv(csv, keep_default_na=True), config
+
+
+def quality_column(df: pd.DataFrame) -> tuple[str | None, str]:
+    """The quality metric a report is about: FID when there is one, else the oracle's distance."""
+    for column, label in QUALITY_COLUMNS:
+        if column in df.columns and df[column].notna().any():
+            return column, label
+    return None, ""
+
+
+def pareto_front(df: pd.DataFrame, cost: str, quality: str) -> pd.DataFrame:
+    """Rows no other row beats on both cost and quality (lower is better for both)."""
+    ordered = df.dropna(subset=[cost, quality]).sort_values([cost, quality])
+    best = math.inf
+    keep = []
+    for index, row in ordered.iterrows():
+        if row[quality] < best:
+            best = row[quality]
+            keep.append(index)
+    return ordered.loc[keep]
+
+
+def _plots(df: pd.DataFrame, quality: str | None, label: str, out_dir: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid")
+    made = []
+    ok = df[df["status"] == "ok"]
+    plot_dir = out_dir / "plots"
+    plot_dir.mkdir(exist_ok=True)
+    if quality and not ok.empty:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        sns.lineplot(data=ok, x="nfe", y=quality, hue="sampler", marker="o", ax=ax)
+        if {"fid_ci_low", "fid_ci_high"} <= set(ok.columns) and quality == "fid":
+            palette = dict(zip(ok["sampler"].unique(), sns.color_palette(n_colors=ok["sampler"].nunique())))
+            for name, group in ok.sort_values("nfe").groupby("sampler"):
+                ax.fill_between(group["nfe"], group["fid_ci_low"], group["fid_ci_high"], alpha=0.15,
+                                color=palette[name])
+        if "fid_floor" in ok.columns and quality == "fid" and ok["fid_floor"].notna().any():
+            ax.axhline(ok["fid_floor"].mean(), ls="--", color="black", lw=1, label="floor (real images)")
+        ax.set_xscale("log")
+        ax.set_xlabel("network calls per image (NFE, log scale)")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} against NFE (95% bootstrap CI bands)" if quality == "fid" else f"{label} against NFE")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(plot_dir / "quality_vs_nfe.png", dpi=120)
+        plt.close(fig)
+        made.append("plots/quality_vs_nfe.png")
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        sns.scatterplot(data=ok, x="wall_s", y=quality, hue="sampler", ax=ax)
+        front = pareto_front(ok, "wall_s", quality)
+        ax.plot(front["wall_s"], front[quality], color="black", lw=1, drawstyle="steps-post", label="Pareto frontier")
+        ax.scatter(front["wall_s"], front[quality], s=90, facecolors="none", edgecolors="black")
+        ax.set_xscale("log")
+        ax.set_xlabel("sampling wall time for all images (s, log scale)")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} against wall time; circled: Pareto frontier")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(plot_dir / "quality_vs_wall.png", dpi=120)
+        plt.close(fig)
+        made.append("plots/quality_vs_wall.png")
+    if "overhead_frac" in ok.columns and ok["overhead_frac"].notna().any():
+        fig, ax = plt.subplots(figsize=(7, 4))
+        sns.barplot(data=ok, y="sampler", x="overhead_frac", ax=ax, errorbar=None)
+        ax.axvline(0.05, ls="--", color="black", lw=1)
+        ax.set_xlabel("fraction of sampling time outside the network (dashed: 5% target)")
+        ax.set_title("Sampler overhead, mean over step counts")
+        fig.tight_layout()
+        fig.savefig(plot_dir / "overhead.png", dpi=120)
+        plt.close(fig)
+        made.append("plots/overhead.png")
+    return made
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def budget_sentences(df: pd.DataFrame, quality: str | None, label: str) -> list[str]:
+    """Plain sentences: the best sampler at each NFE budget, and how far it is from the floor."""
+    ok = df[df["status"] == "ok"].dropna(subset=[quality] if quality else [])
+    if not quality or ok.empty:
+        return ["No configuration produced a quality score, so no recommendation can be made."]
+    lines = []
+    for budget in sorted(ok["nfe"].unique()):
+        within = ok[ok["nfe"] <= budget]
+        best = within.loc[within[quality].idxmin()]
+        text = (f"With at most {int(budget)} network calls per image, the best is **{best['sampler']}** at "
+                f"{int(best['steps'])} steps: {label} {best[quality]:.4g}")
+        if quality == "fid" and "fid_floor" in ok.columns and not math.isnan(best.get("fid_floor", math.nan)):
+            text += f", {best[quality] / best['fid_floor']:.2g}× the floor of {best['fid_floor']:.3g}"
+        lines.append(text + f" ({best['wall_s']:.3g} s for all images).")
+    front = pareto_front(ok, "wall_s", quality)
+    lines.append("On wall time, the Pareto frontier (nothing both faster and better) is: "
+                 + "; ".join(f"{r['sampler']} @ {int(r['steps'])} ({r['wall_s']:.3g} s, {r[quality]:.4g})"
+                             for _, r in front.iterrows()) + ".")
+    if quality == "fid" and "fid_floor" in ok.columns:
+        lines.append("The floor is the FID of held-out real images against the same reference statistics with "
+                     "the same number of images: what a perfect sampler would score.")
+    return lines
+
+
+def build_report(out_dir: Path) -> Path:
+    """Write plots/, report.md and report.html in `out_dir` from its results.csv and config.json."""
+    out_dir = Path(out_dir)
+    df, config = load_results(out_dir)
+    quality, label = quality_column(df)
+    plots = _plots(df, quality, label, out_dir)
+    sentences = budget_sentences(df, quality, label)
+    table = df[[c for c in TABLE_COLUMNS if c in df.columns]]
+    failed = df[df["status"] != "ok"]
+    header = (f"model **{config.get('model', '?')}**, {config.get('num_samples', '?')} images per configuration, "
+              f"seed {config.get('config', {}).get('seed', '?')}, device {config.get('device_name', '?')}, "
+              f"commit {config.get('git_commit', '?')}")
+    samples = sorted(p.relative_to(out_dir).as_posix() for p in (out_dir / "samples").glob("*.png"))
+
+    md = [f"# sampler-bench report: {out_dir.name}", "", header, "", "## Which sampler at which budget", ""]
+    md += [f"- {s}" for s in sentences]
+    md += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    md += ["", "## Results", "", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    md += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    if not failed.empty:
+        md += ["", "## Failed configurations", ""]
+        md += [f"- {r['sampler']} @ {r['steps']}: {r['status']}: {r.get('error', '')}" for _, r in failed.iterrows()]
+    md += ["", "## Sample grids (same seeds for every sampler)", ""] + [f"![{p}]({p})" for p in samples]
+    (out_dir / "report.md").write_text("\n".join(md) + "\n")
+
+    def bold(text: str) -> str:
+        parts = html.escape(text).split("**")
+        return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+    body = [f"<h1>sampler-bench report: {html.escape(out_dir.name)}</h1>", f"<p>{bold(header)}</p>",
+            "<h2>Which sampler at which budget</h2><ul>"] + [f"<li>{bold(s)}</li>" for s in sentences] + ["</ul>"]
+    body += ["<h2>Plots</h2>"] + [f'<img src="{p}" style="max-width:48%">' for p in plots]
+    body += ["<h2>Results</h2>", table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}")]
+    if not failed.empty:
+        body += ["<h2>Failed configurations</h2><ul>"]
+        body += [f"<li>{html.escape(str(r['sampler']))} @ {r['steps']}: {html.escape(str(r.get('error', '')))}</li>"
+                 for _, r in failed.iterrows()] + ["</ul>"]
+    body += ["<h2>Sample grids (same seeds for every sampler)</h2>"]
+    body += [f'<figure style="display:inline-block"><img src="{p}" width="200"><figcaption>{html.escape(p)}'
+             "</figcaption></figure>" for p in samples]
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>sampler-bench report</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px}"
+            "td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>" + "\n".join(body) + "</body></html>")
+    (out_dir / "report.html").write_text(page)
+    return out_dir / "report.md"
+
+
+def compare(dir_a: Path, dir_b: Path) -> pd.DataFrame:
+    """Two runs side by side on (sampler, steps), with the quality and time of each and their ratio."""
+    a, _ = load_results(dir_a)
+    b, _ = load_results(dir_b)
+    quality, _ = quality_column(pd.concat([a, b]))
+    cols = ["sampler", "steps", "nfe", "wall_s"] + ([quality] if quality else []) + ["status"]
+    merged = a[[c for c in cols if c in a]].merge(b[[c for c in cols if c in b]], on=["sampler", "steps"],
+                                                   how="outer", suffixes=("_a", "_b"))
+    merged["wall_ratio_b_over_a"] = merged["wall_s_b"] / merged["wall_s_a"]
+    if quality:
+        merged[f"{quality}_diff_b_minus_a"] = merged[f"{quality}_b"] - merged[f"{quality}_a"]
+    return merged

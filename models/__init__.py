@@ -1,0 +1,1 @@
+"""Networks, their loaders and the exact Gaussian-mixture oracle."""

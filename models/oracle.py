@@ -1,0 +1,112 @@
+"""An exact model: a Gaussian-mixture data distribution with a closed-form optimal denoiser.
+
+If x_0 ~ sum_k pi_k N(mu_k, diag(s_k^2)), then x_t = sqrt(a) x_0 + sqrt(1-a) eps is the mixture
+sum_k pi_k N(sqrt(a) mu_k, diag(a s_k^2 + 1 - a)), whose score is known, and the optimal noise
+prediction is eps*(x_t, t) = -sqrt(1 - a) * grad log p_t(x_t). Sampling with it, every
+difference between samples and data is the sampler's own discretisation error.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench import Denoiser, DenoiserInfo, ModelSpec, NoiseSchedule, hookimpl
+
+
+class GaussianMixture:
+    """A mixture of diagonal Gaussians over flattened images, in float64."""
+
+    def __init__(self, means: torch.Tensor, variances: torch.Tensor, weights: torch.Tensor,
+                 image_shape: tuple[int, ...]):
+        self.means = means.to(torch.float64)          # (K, D)
+        self.variances = variances.to(torch.float64)  # (K, D)
+        self.weights = (weights / weights.sum()).to(torch.float64)  # (K,)
+        self.image_shape = tuple(image_shape)
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def mean(self) -> torch.Tensor:
+        """The true mean of the data distribution, (D,)."""
+        return self.weights @ self.means
+
+    def covariance(self) -> torch.Tensor:
+        """The true covariance: sum_k pi_k (diag(s_k^2) + mu_k mu_k^T) - m m^T, (D, D)."""
+        m = self.mean()
+        second = torch.einsum("k,kd,ke->de", self.weights, self.means, self.means)
+        second += torch.diag(self.weights @ self.variances)
+        return second - torch.outer(m, m)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n exact samples, shaped as images."""
+        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, dtype=torch.float64, generator=generator)
+        x = self.means[comp] + self.variances[comp].sqrt() * z
+        return x.view(n, *self.image_shape)
+
+    def optimal_eps(self, x_t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+        """eps*(x_t) for per-row alpha_bar values, computed in float64."""
+        x = x_t.reshape(x_t.shape[0], 1, -1).to(torch.float64)        # (B, 1, D)
+        a = alpha_bar.to(torch.float64).view(-1, 1, 1)                 # (B, 1, 1)
+        means = self.means.to(x.device)
+        var = a * self.variances.to(x.device) + (1 - a)                # (B, K, D)
+        diff = x - a.sqrt() * means                                    # (B, K, D)
+        log_prob = -0.5 * ((diff**2) / var + var.log()).sum(-1)        # (B, K)
+        resp = torch.softmax(log_prob + self.weights.to(x.device).log(), dim=1)
+        score = -(resp.unsqueeze(-1) * diff / var).sum(1)              # (B, D)
+        eps = -(1 - a.view(-1, 1)).sqrt() * score
+        return eps.view_as(x_t).to(x_t.dtype)
+
+
+def _stroke_patterns(size: int) -> list[torch.Tensor]:
+    """A few digit-like stroke images in [-1, 1] (bars, a box, a diagonal) at size x size."""
+    grid = torch.full((4, size, size), -1.0, dtype=torch.float64)
+    lo, hi = size // 4, size - size // 4
+    mid = size // 2
+    width = max(1, size // 8)
+    grid[0, lo:hi, mid - width // 2: mid - width // 2 + width] = 1.0                # vertical bar ("1")
+    grid[1, mid - width // 2: mid - width // 2 + width, lo:hi] = 1.0                # horizontal bar
+    grid[2, lo:hi, lo:lo + width] = grid[2, lo:hi, hi - width:hi] = 1.0            # box ("0")
+    grid[2, lo:lo + width, lo:hi] = grid[2, hi - width:hi, lo:hi] = 1.0
+    for i in range(lo, hi):                                                         # diagonal ("7"-ish)
+        j = hi - 1 - (i - lo)
+        grid[3, i, max(lo, j - width // 2): j - width // 2 + width] = 1.0
+    return list(grid)
+
+
+def make_mixture(size: int = 8) -> GaussianMixture:
+    """The oracle's fixed mixture: 4 stroke patterns, per-pixel std 0.1-0.3, unequal weights."""
+    patterns = torch.stack(_stroke_patterns(size)).view(4, -1) * 0.8
+    generator = torch.Generator().manual_seed(1234)
+    stds = 0.1 + 0.2 * torch.rand(patterns.shape, generator=generator, dtype=torch.float64)
+    weights = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
+    return GaussianMixture(patterns, stds**2, weights, (1, size, size))
+
+
+class OracleDenoiser(Denoiser):
+    """The exact eps* of a GaussianMixture under a schedule; costs almost nothing to run."""
+
+    def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule | None = None, name: str = "gaussian-oracle",
+                 device: torch.device | str = "cpu"):
+        schedule = schedule or NoiseSchedule.linear(1000)
+        super().__init__(schedule, DenoiserInfo(name, mixture.image_shape, 0, "eps", dataset=None), None,
+                         device=device)
+        self.mixture = mixture
+
+    def predict_eps(self, x_t, t, cond=None):
+        return self.mixture.optimal_eps(x_t, self.schedule.alpha_bar.to(x_t.device)[t])
+
+
+def load_oracle(size: int, name: str):
+    def load(device="cpu"):
+        return OracleDenoiser(make_mixture(size), name=name, device=device)
+    return load
+
+
+@hookimpl
+def register_models(register):
+    register(ModelSpec("gaussian-oracle", "Exact optimal denoiser of an 8x8 Gaussian mixture (4 components); "
+                       "samples are scored against the true distribution", load_oracle(8, "gaussian-oracle")))
+    register(ModelSpec("gaussian-oracle-28", "Exact optimal denoiser of a 28x28 Gaussian mixture (4 components)",
+                       load_oracle(28, "gaussian-oracle-28")))

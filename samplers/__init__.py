@@ -1,0 +1,1 @@
+"""Sampling algorithms: small functions registered through the plugin hooks."""
