@@ -267,7 +267,7 @@ class Harness:
             if self.config.grid_images > 0:
                 save_grid(torch.cat(grid)[: self.config.grid_images],
                           self.out_dir / "samples" / f"{slug(job.choice.label)}-{job.steps}.png")
-            for name, acc in accumulators:
+            for _, acc in accumulators:
                 row.update(acc.compute())
             row["status"] = "ok"
         except KeyboardInterrupt:

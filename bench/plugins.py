@@ -85,10 +85,10 @@ def collect(pm: pluggy.PluginManager, errors: list[str] | None = None) -> Regist
             plugin_name = impl.plugin_name
             table = registry.table(kind)
 
-            def register(item, _kind=kind, _table=table, _plugin=plugin_name):
+            def register(item, _kind=kind, _table=table, _plugin=plugin_name, _hook=hook_name):
                 expected = KINDS[_kind]
                 if not isinstance(item, expected):
-                    raise TypeError(f"register() in {hook_name} expects a {expected.__name__}, "
+                    raise TypeError(f"register() in {_hook} expects a {expected.__name__}, "
                                     f"got {type(item).__name__}")
                 if item.name in _table:
                     registry.errors.append(

@@ -93,7 +93,8 @@ class SamplerSpec:
         if plan == "sections":
             timesteps = sections_plan(num_timesteps, params["sections"])
             if steps is not None and steps != len(timesteps):
-                raise UserError(f"{self.name}: sections {params['sections']!r} give {len(timesteps)} steps, not {steps}")
+                raise UserError(f"{self.name}: sections {params['sections']!r} give {len(timesteps)} steps, "
+                                f"not {steps}")
             return timesteps
         return make_plan(plan, num_timesteps, steps)
 

@@ -8,6 +8,8 @@ difference between samples and data is the sampler's own discretisation error.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from bench import Denoiser, DenoiserInfo, ModelSpec, NoiseSchedule, hookimpl
@@ -46,17 +48,28 @@ class GaussianMixture:
         return x.view(n, *self.image_shape)
 
     def optimal_eps(self, x_t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-        """eps*(x_t) for per-row alpha_bar values, computed in float64."""
-        x = x_t.reshape(x_t.shape[0], 1, -1).to(torch.float64)        # (B, 1, D)
-        a = alpha_bar.to(torch.float64).view(-1, 1, 1)                 # (B, 1, 1)
-        means = self.means.to(x.device)
-        var = a * self.variances.to(x.device) + (1 - a)                # (B, K, D)
-        diff = x - a.sqrt() * means                                    # (B, K, D)
-        log_prob = -0.5 * ((diff**2) / var + var.log()).sum(-1)        # (B, K)
-        resp = torch.softmax(log_prob + self.weights.to(x.device).log(), dim=1)
-        score = -(resp.unsqueeze(-1) * diff / var).sum(1)              # (B, D)
-        eps = -(1 - a.view(-1, 1)).sqrt() * score
+        """eps*(x_t) for per-row alpha_bar values, computed in float64.
+
+        Rows are grouped by alpha_bar (a sampler's batch shares one t), and the per-component
+        quadratic forms are expanded into (B, D) x (D, K) products so no (B, K, D) tensor is built.
+        """
+        x = x_t.reshape(x_t.shape[0], -1).to(torch.float64)
+        alpha_bar = alpha_bar.to(torch.float64).reshape(-1).expand(x.shape[0])
+        eps = torch.empty_like(x)
+        for a in torch.unique(alpha_bar):
+            rows = alpha_bar == a
+            eps[rows] = self._optimal_eps_at(x[rows], float(a))
         return eps.view_as(x_t).to(x_t.dtype)
+
+    def _optimal_eps_at(self, x: torch.Tensor, a: float) -> torch.Tensor:
+        means = math.sqrt(a) * self.means.to(x.device)                       # (K, D) means of x_t
+        inv_var = 1.0 / (a * self.variances.to(x.device) + (1 - a))          # (K, D)
+        # sum_d (x - m)^2 / v = x^2 @ (1/v) - 2 x @ (m/v) + sum m^2/v
+        quad = (x * x) @ inv_var.T - 2 * x @ (means * inv_var).T + (means**2 * inv_var).sum(1)
+        log_prob = -0.5 * (quad - inv_var.log().sum(1)) + self.weights.to(x.device).log()
+        resp = torch.softmax(log_prob, dim=1)                                # (B, K)
+        score = -(x * (resp @ inv_var) - resp @ (means * inv_var))
+        return -math.sqrt(1 - a) * score
 
 
 def _stroke_patterns(size: int) -> list[torch.Tensor]:

@@ -1,0 +1,28 @@
+"""Shared fixtures: the registry, the exact oracle, and helpers to run samplers on it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.plugins import load_registry
+from models.oracle import OracleDenoiser, make_mixture
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def registry():
+    return load_registry()
+
+
+@pytest.fixture(scope="session")
+def oracle():
+    return OracleDenoiser(make_mixture(8))
