@@ -175,8 +175,11 @@ def select_metrics(names: tuple[str, ...], registry: Registry) -> list:
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
     """Save images in [-1, 1] as one PNG grid, atomically."""
     from torchvision.utils import save_image
+    images = (images.float().clamp(-1, 1) + 1) / 2
+    if images.shape[-1] < 32:  # tiny images (8x8 digits) are enlarged so a person can see them
+        images = torch.nn.functional.interpolate(images, scale_factor=math.ceil(32 / images.shape[-1]), mode="nearest")
     tmp = path.with_name(path.stem + ".tmp.png")
-    save_image((images.float().clamp(-1, 1) + 1) / 2, tmp, nrow=nrow, padding=1, pad_value=1.0)
+    save_image(images, tmp, nrow=nrow, padding=2, pad_value=1.0)
     tmp.replace(path)
 
 
@@ -295,7 +298,7 @@ class Harness:
                 "plan": job.choice.spec.plan_name(job.choice.params), "steps": job.steps,
                 "nfe": math.nan, "expected_nfe": job.choice.spec.expected_nfe(list(job.timesteps)),
                 "num_samples": self.num_samples, "batch_size": self.batch_size, "model": self.model_name,
-                "device": str(self.device), "precision": self.config.precision, "seed": self.config.seed,
+                "device": str(self.device), "compute_dtype": self.config.precision, "seed": self.config.seed,
                 "status": "pending", "error": ""}
 
 

@@ -72,7 +72,7 @@ def _plots(df: pd.DataFrame, quality: str | None, label: str, out_dir: Path) -> 
         ax.set_xscale("log")
         ax.set_xlabel("network calls per image (NFE, log scale)")
         ax.set_ylabel(label)
-        ax.set_title(f"{label} against NFE (95% bootstrap CI bands)" if quality == "fid" else f"{label} against NFE")
+        ax.set_title("Quality against NFE" + (" (95% bootstrap CI bands)" if quality == "fid" else ""))
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         fig.savefig(plot_dir / "quality_vs_nfe.png", dpi=120)
@@ -87,7 +87,7 @@ def _plots(df: pd.DataFrame, quality: str | None, label: str, out_dir: Path) -> 
         ax.set_xscale("log")
         ax.set_xlabel("sampling wall time for all images (s, log scale)")
         ax.set_ylabel(label)
-        ax.set_title(f"{label} against wall time; circled: Pareto frontier")
+        ax.set_title("Quality against wall time (circled: Pareto frontier)")
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         fig.savefig(plot_dir / "quality_vs_wall.png", dpi=120)
@@ -136,6 +136,12 @@ def budget_sentences(df: pd.DataFrame, quality: str | None, label: str) -> list[
     return lines
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def build_report(out_dir: Path) -> Path:
     """Write plots/, report.md and report.html in `out_dir` from its results.csv and config.json."""
     out_dir = Path(out_dir)
@@ -159,7 +165,7 @@ def build_report(out_dir: Path) -> Path:
         md += ["", "## Failed configurations", ""]
         md += [f"- {r['sampler']} @ {r['steps']}: {r['status']}: {r.get('error', '')}" for _, r in failed.iterrows()]
     md += ["", "## Sample grids (same seeds for every sampler)", ""] + [f"![{p}]({p})" for p in samples]
-    (out_dir / "report.md").write_text("\n".join(md) + "\n")
+    _write_atomic(out_dir / "report.md", "\n".join(md) + "\n")
 
     def bold(text: str) -> str:
         parts = html.escape(text).split("**")
@@ -179,7 +185,7 @@ def build_report(out_dir: Path) -> Path:
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>sampler-bench report</title>"
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px}"
             "td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>" + "\n".join(body) + "</body></html>")
-    (out_dir / "report.html").write_text(page)
+    _write_atomic(out_dir / "report.html", page)
     return out_dir / "report.md"
 
 
