@@ -371,7 +371,8 @@ def run_benchmark(config: RunConfig, registry: Registry, out: str | None = None,
 
     done: dict[tuple[str, int], dict] = {}
     if resume:
-        previous = pd.read_csv(out_dir / "results.csv", keep_default_na=False).to_dict("records")
+        from bench.report import read_results_csv
+        previous = read_results_csv(out_dir / "results.csv").to_dict("records")
         done = {(r["sampler"], int(r["steps"])): r for r in previous if r.get("status") == "ok"}
     run_id = out_dir.name
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
@@ -406,7 +407,8 @@ def run_benchmark(config: RunConfig, registry: Registry, out: str | None = None,
 
 def summary_table(out_dir: Path) -> str:
     """A compact text table of a results folder for the terminal."""
-    df = pd.read_csv(out_dir / "results.csv")
+    from bench.report import read_results_csv
+    df = read_results_csv(out_dir / "results.csv")
     cols = [c for c in ["sampler", "steps", "nfe", "wall_s", "ms_per_nfe", "overhead_frac", "fid", "fid_floor",
                         "oracle_fd", "status"] if c in df.columns]
     return df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}")

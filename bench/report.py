@@ -13,8 +13,13 @@ from bench.errors import UserError
 
 QUALITY_COLUMNS = (("fid", "FID"), ("oracle_fd", "Fréchet distance to the exact distribution"))
 TABLE_COLUMNS = ["sampler", "steps", "nfe", "wall_s", "s_per_image", "ms_per_nfe", "overhead_frac", "peak_mem_mb",
-                 "fid", "fid_ci_low", "fid_ci_high", "fid_floor", "kid", "precision", "recall", "oracle_fd",
+                 "fid", "fid_ci_low", "fid_ci_high", "fid_floor", "kid", "prc_precision", "prc_recall", "oracle_fd",
                  "status"]
+
+
+def read_results_csv(path: Path) -> pd.DataFrame:
+    """results.csv as written: only empty cells are missing (a sampler may be called 'nan')."""
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
 
 def load_results(out_dir: Path) -> tuple[pd.DataFrame, dict]:
@@ -25,7 +30,7 @@ def load_results(out_dir: Path) -> tuple[pd.DataFrame, dict]:
         raise UserError(f"{out_dir} has no results.csv; is it a sampler-bench results folder?")
     config_path = out_dir / "config.json"
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
-    return pd.read_csv(csv, keep_default_na=True), config
+    return read_results_csv(csv), config
 
 
 def quality_column(df: pd.DataFrame) -> tuple[str | None, str]:

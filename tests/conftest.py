@@ -8,6 +8,10 @@ import torch
 from bench.plugins import load_registry
 from models.oracle import OracleDenoiser, make_mixture
 
+# Tests use small tensors: one thread avoids OpenMP spin-waits that make them 10-100x slower
+# whenever anything else is using the cores.
+torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

@@ -1,5 +1,6 @@
 """The command line as a user meets it: list, run end to end, bad input, resume, faults."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,13 +10,16 @@ import pytest
 
 from bench.cli import main
 from bench.harness import TIMING_COLUMNS
+from bench.report import read_results_csv
 
 REQUIRED = ["sampler", "params", "steps", "nfe", "num_samples", "wall_s", "model", "device", "seed", "status"]
 ORACLE = ["--model", "gaussian-oracle", "--num-samples", "40", "--batch-size", "16", "--quiet", "--bootstrap", "20"]
+ONE_BATCH = ["--model", "gaussian-oracle", "--num-samples", "24", "--batch-size", "24", "--quiet"]
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=cwd)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=cwd, env=env)
 
 
 def test_list_shows_every_sampler_with_description_and_plugin():
@@ -28,7 +32,7 @@ def test_list_shows_every_sampler_with_description_and_plugin():
 
 def test_run_all_on_the_oracle_writes_results_with_the_documented_columns(tmp_path):
     out = tmp_path / "run"
-    assert main(["run", "--samplers", "all", "--steps", "5,10", *ORACLE, "--out", str(out)]) == 0
+    assert main(["run", "--samplers", "all", "--steps", "5,10", *ONE_BATCH, "--out", str(out)]) == 0
     df = pd.read_csv(out / "results.csv")
     assert set(REQUIRED + TIMING_COLUMNS + ["oracle_fd", "expected_nfe"]) <= set(df.columns)
     assert (df["status"] == "ok").all()
@@ -112,7 +116,7 @@ def test_broken_samplers_are_recorded_and_the_run_goes_on(tmp_path):
     out = tmp_path / "run"
     assert main(["run", "--plugin", str(plugin), "--samplers", "crash", "nan", "wrong-shape", "ddim",
                  "--steps", "4", *ORACLE, "--out", str(out)]) == 0
-    df = pd.read_csv(out / "results.csv").set_index("sampler")
+    df = read_results_csv(out / "results.csv").set_index("sampler")
     assert "sampler exploded" in df.loc["crash", "error"]
     assert "NaN" in df.loc["nan", "error"]
     assert "shape" in df.loc["wrong-shape", "error"]
