@@ -1,0 +1,247 @@
+"""Built-in metrics: FID (with bootstrap CI, floor, KID, precision/recall) and the oracle's exact Fréchet distance.
+
+`fid` keys (feature space: the dataset's shipped classifier, or Inception-v3 from --fid-weights for
+3-channel images):
+- fid: torch-fidelity's FID of all samples against the training split's reference statistics;
+- fid_ci_low, fid_ci_high: 95% bootstrap interval (feature rows resampled with a seeded generator;
+  the bootstrap distribution is shifted so its median is `fid`, because resampling with
+  duplicates biases FID upwards);
+- fid_floor: FID of the same number of held-out real images (what a perfect sampler scores), NaN if unknown;
+- kid, kid_std: torch-fidelity's KID (polynomial kernel, 20 subsets of min(500, n) rows) against
+  the stored subsample of real training features;
+- prc_precision, prc_recall: torch-fidelity's improved precision/recall (k=3; not named plain
+  'precision', which is the harness's autocast-precision column) between equal-size sets of
+  generated and real features (the larger set subsampled with a seeded generator); NaN below 4 rows.
+
+`oracle-fd` keys (Gaussian-mixture oracle only): oracle_fd (Fréchet distance between the samples'
+mean/covariance and the mixture's exact ones, in pixel space), mean_err (max |mean error|),
+var_err (max |per-pixel variance error|).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
+
+from bench import MetricSpec, hookimpl
+from bench.errors import UserError
+from models.data import DATASETS
+from models.features import (
+    ReferenceStats,
+    create_classifier_extractor,
+    create_inception_extractor,
+    extract_features,
+    fid_from_features,
+    fid_from_stats,
+    floor_fid,
+    inception_reference_stats,
+    reference_stats,
+    shipped_datasets,
+)
+
+CONFIDENCE = 0.95
+KID_SUBSETS = 20  # torch-fidelity default 100 x 1000 rows takes ~10 s on a CPU; KID is unbiased at any size
+KID_SUBSET_SIZE = 500
+PRC_NEIGHBORHOOD = 3
+_BOOTSTRAP_CHUNK_ELEMENTS = 2e7  # bounds the (resamples, D, N) temporary in bootstrap_fid
+
+
+class MomentAccumulator:
+    """Streaming count, sum and sum of outer products of flattened rows, in float64 on the CPU."""
+
+    def __init__(self, dim: int):
+        self.count = 0
+        self.total = torch.zeros(dim, dtype=torch.float64)
+        self.outer = torch.zeros(dim, dim, dtype=torch.float64)
+
+    def update(self, rows: torch.Tensor) -> None:
+        """Add a batch (B, ...) flattened to (B, dim)."""
+        x = rows.reshape(rows.shape[0], -1).to("cpu", torch.float64)
+        self.count += x.shape[0]
+        self.total += x.sum(0)
+        self.outer += x.T @ x
+
+    def mean(self) -> torch.Tensor:
+        """Mean of the rows seen so far."""
+        return self.total / self.count
+
+    def covariance(self) -> torch.Tensor:
+        """Unbiased (ddof=1) covariance, as np.cov and torch-fidelity compute it."""
+        mean = self.mean()
+        return (self.outer - self.count * torch.outer(mean, mean)) / (self.count - 1)
+
+
+def _trace_sqrt_product(sqrt_reference: torch.Tensor, covariances: torch.Tensor) -> torch.Tensor:
+    """tr sqrt(C R) for a batch of covariances C, as tr sqrt(R^1/2 C R^1/2) (symmetric, so eigvalsh)."""
+    middle = sqrt_reference @ covariances @ sqrt_reference
+    return torch.linalg.eigvalsh((middle + middle.mT) / 2).clamp(min=0).sqrt().sum(-1)
+
+
+def _sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh(matrix)
+    return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
+
+
+def weighted_fid(features: torch.Tensor, weights: torch.Tensor, reference: ReferenceStats) -> torch.Tensor:
+    """FID of each row-weighting of `features` (weights (B, N), integer counts summing to N) against
+    `reference`, vectorised; all-ones weights give the plain FID."""
+    x = features.to(torch.float64)
+    n = weights.sum(1, keepdim=True).to(torch.float64)
+    mu_ref = torch.from_numpy(reference.mu)
+    sigma_ref = torch.from_numpy(reference.sigma)
+    sqrt_ref = _sqrt_psd(sigma_ref)
+    chunk = max(1, int(_BOOTSTRAP_CHUNK_ELEMENTS // max(1, x.numel())))
+    out = []
+    for w, count in zip(weights.to(torch.float64).split(chunk), n.split(chunk), strict=True):
+        mean = w @ x / count                                            # (b, D)
+        second = (x.T.unsqueeze(0) * w.unsqueeze(1)) @ x                # (b, D, D)
+        cov = (second - count.unsqueeze(-1) * mean.unsqueeze(2) * mean.unsqueeze(1)) / (count.unsqueeze(-1) - 1)
+        diff = ((mean - mu_ref) ** 2).sum(1)
+        trace = cov.diagonal(dim1=1, dim2=2).sum(1) + sigma_ref.trace()
+        out.append(diff + trace - 2 * _trace_sqrt_product(sqrt_ref, cov))
+    return torch.cat(out)
+
+
+def bootstrap_fid(features: torch.Tensor, reference: ReferenceStats, resamples: int, seed: int) -> torch.Tensor:
+    """FID of `resamples` bootstrap resamples (rows drawn with replacement, seeded) of `features`."""
+    n = features.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randint(n, (resamples, n), generator=generator)
+    counts = torch.zeros(resamples, n, dtype=torch.float64).scatter_add_(1, rows, torch.ones(resamples, n,
+                                                                                             dtype=torch.float64))
+    return weighted_fid(features, counts, reference)
+
+
+def bootstrap_interval(point: float, samples: torch.Tensor, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Percentile interval of bootstrap values shifted so that their median is `point`."""
+    values = samples.numpy()
+    shift = float(np.median(values)) - point
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low - shift), float(high - shift)
+
+
+def _subsample(rows: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    return rows if len(rows) <= size else rows[torch.randperm(len(rows), generator=generator)[:size]]
+
+
+def kid_and_prc(features: torch.Tensor, real: torch.Tensor, seed: int) -> dict[str, float]:
+    """torch-fidelity's KID and precision/recall between generated and real feature rows."""
+    out = {"kid": math.nan, "kid_std": math.nan, "prc_precision": math.nan, "prc_recall": math.nan}
+    real = real.to(torch.float64)
+    subset = min(KID_SUBSET_SIZE, len(features), len(real))
+    if subset >= 2:
+        kid = kid_features_to_metric(features, real, kid_subsets=KID_SUBSETS, kid_subset_size=subset,
+                                     rng_seed=seed, verbose=False)
+        out["kid"], out["kid_std"] = kid[KEY_METRIC_KID_MEAN], kid[KEY_METRIC_KID_STD]
+    size = min(len(features), len(real))
+    if size > PRC_NEIGHBORHOOD:
+        generator = torch.Generator().manual_seed(seed)
+        prc = prc_features_to_metric(_subsample(features, size, generator).float(),
+                                     _subsample(real, size, generator).float(),
+                                     prc_neighborhood=PRC_NEIGHBORHOOD, save_cpu_ram=False, verbose=False)
+        out["prc_precision"], out["prc_recall"] = prc[KEY_METRIC_PRECISION], prc[KEY_METRIC_RECALL]
+    return out
+
+
+class FeatureMetrics:
+    """Streams samples through a feature extractor, keeping only float64 feature rows on the CPU."""
+
+    def __init__(self, extractor, reference: ReferenceStats, floor: float | None, seed: int, bootstrap: int):
+        self.extractor = extractor
+        self.reference = reference
+        self.floor = floor
+        self.seed = seed
+        self.bootstrap = bootstrap
+        self.rows: list[torch.Tensor] = []
+
+    def update(self, samples: torch.Tensor) -> None:
+        """Extract the batch's features; the images themselves are not kept."""
+        self.rows.append(extract_features(self.extractor, samples))
+
+    def features(self) -> torch.Tensor:
+        """All feature rows seen so far, (N, D) float64."""
+        return torch.cat(self.rows)
+
+    def compute(self) -> dict[str, float]:
+        """{'fid', 'fid_ci_low', 'fid_ci_high', 'fid_floor', 'kid', 'kid_std', 'prc_precision', 'prc_recall'}."""
+        if not self.rows:
+            raise UserError("fid: no samples were passed to update()")
+        features = self.features()
+        fid = fid_from_features(features, self.reference)
+        low = high = math.nan
+        if self.bootstrap > 0 and len(features) > 1:
+            low, high = bootstrap_interval(fid, bootstrap_fid(features, self.reference, self.bootstrap, self.seed))
+        out = {"fid": fid, "fid_ci_low": low, "fid_ci_high": high,
+               "fid_floor": math.nan if self.floor is None else self.floor}
+        return out | kid_and_prc(features, self.reference.real_features, self.seed)
+
+
+def create_fid(denoiser, context: dict) -> FeatureMetrics | None:
+    """FID for models trained on a dataset with a shipped extractor, or on 3-channel data with --fid-weights."""
+    dataset = denoiser.info.dataset
+    if dataset not in DATASETS or tuple(denoiser.info.image_shape) != DATASETS[dataset].image_shape:
+        return None
+    device = context.get("device", "cpu")
+    seed, bootstrap = int(context.get("seed", 0)), int(context.get("bootstrap", 200))
+    weights = context.get("fid_weights")
+    if weights and denoiser.info.image_shape[0] == 3:
+        reference = inception_reference_stats(dataset, weights, device)
+        return FeatureMetrics(create_inception_extractor(weights, device), reference, None, seed, bootstrap)
+    if dataset not in shipped_datasets():
+        return None
+    floor = floor_fid(dataset, int(context.get("num_samples", 0)))
+    return FeatureMetrics(create_classifier_extractor(dataset, device), reference_stats(dataset), floor, seed,
+                          bootstrap)
+
+
+@dataclass(frozen=True)
+class OracleTruth:
+    """The exact mean (D,) and covariance (D, D) of the oracle's data distribution, float64."""
+
+    mean: torch.Tensor
+    covariance: torch.Tensor
+
+
+class OracleFD:
+    """Streams samples' moments and compares them with the mixture's exact moments."""
+
+    def __init__(self, truth: OracleTruth):
+        self.truth = truth
+        self.moments = MomentAccumulator(truth.mean.numel())
+
+    def update(self, samples: torch.Tensor) -> None:
+        """Add a batch's pixels to the streamed moments."""
+        self.moments.update(samples)
+
+    def compute(self) -> dict[str, float]:
+        """{'oracle_fd', 'mean_err', 'var_err'}."""
+        mean, cov = self.moments.mean(), self.moments.covariance()
+        fd = fid_from_stats({"mu": mean.numpy(), "sigma": cov.numpy()},
+                            {"mu": self.truth.mean.numpy(), "sigma": self.truth.covariance.numpy()})
+        return {"oracle_fd": fd, "mean_err": float((mean - self.truth.mean).abs().max()),
+                "var_err": float((cov.diagonal() - self.truth.covariance.diagonal()).abs().max())}
+
+
+def create_oracle_fd(denoiser, context: dict) -> OracleFD | None:
+    """Exact Fréchet distance for models that carry their data distribution as `.mixture`."""
+    mixture = getattr(denoiser, "mixture", None)
+    if mixture is None:
+        return None
+    truth = OracleTruth(mixture.mean().to("cpu", torch.float64), mixture.covariance().to("cpu", torch.float64))
+    return OracleFD(truth)
+
+
+@hookimpl
+def register_metrics(register):
+    register(MetricSpec("fid", "FID in the dataset's classifier feature space (Inception-v3 with --fid-weights "
+                        "for RGB), with 95% bootstrap CI, the real-data floor at the same n, KID and "
+                        "precision/recall", create_fid))
+    register(MetricSpec("oracle-fd", "Exact Fréchet distance between samples and the Gaussian-mixture "
+                        "oracle's true distribution, plus max mean and per-pixel variance errors",
+                        create_oracle_fd))

@@ -1,0 +1,381 @@
+"""`python -m bench train`: train a shipped network from a named preset and write weights + model card.
+
+The recipe is seed 002's, done properly: AdamW, linear warm-up then cosine decay, an EMA of the
+weights (the EMA weights are what is saved), bf16 autocast on CUDA only, label dropout for
+classifier-free guidance, periodic checkpoints with every RNG state, and --resume. The loss is
+the MSE between eps and the network's prediction, with t uniform in 0..T-1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.denoiser import time_input
+from bench.errors import UserError
+from bench.schedule import NoiseSchedule, ScheduleConfig
+from models.networks import build_network, network_config, time_input_kind
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+CHECKPOINT_DIR = Path("checkpoints")
+
+
+@dataclass(frozen=True)
+class TrainPreset:
+    """Everything that defines a training run, apart from the command-line overrides."""
+
+    name: str
+    description: str
+    dataset: str
+    architecture: str
+    network: dict[str, Any]
+    conditional: bool = False
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    steps: int = 20_000
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup_steps: int = 500
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    label_dropout: float = 0.1
+    grad_clip: float = 1.0
+    checkpoint_every: int = 2_000
+    notes: str = ""
+
+
+_CPU_NOTE = "trained on CPU, reduced configuration (no GPU was available); a GPU run of more steps will do better"
+
+PRESETS: dict[str, TrainPreset] = {p.name: p for p in (
+    TrainPreset("digits", "Unconditional seed-unet (8/16/32 channels) on sklearn 8x8 digits; fast enough for the "
+                "default CPU benchmark", "digits", "seed-unet",
+                {"in_channels": 1, "channels": (8, 16, 32), "embed_dim": 32, "image_size": 8},
+                steps=15_000, batch_size=128, lr=2e-3, warmup_steps=500, checkpoint_every=2_500),
+    TrainPreset("fashion-mnist", "Unconditional ddpm-unet (16/32/32 channels, attention at 7x7) on Fashion-MNIST 28x28",
+                "fashion-mnist", "ddpm-unet",
+                {"in_channels": 1, "base_channels": 16, "channel_mults": (1, 2, 2), "num_res_blocks": 1,
+                 "image_size": 28, "num_classes": 0},
+                steps=2_000, batch_size=32, lr=2e-3, warmup_steps=200, ema_decay=0.995, checkpoint_every=250,
+                notes=_CPU_NOTE),
+    TrainPreset("fashion-mnist-cond", "Class-conditional context-unet (seed 002, 16 features) on Fashion-MNIST "
+                "28x28, label dropout 0.1 (null label 10) for classifier-free guidance",
+                "fashion-mnist", "context-unet",
+                {"in_channels": 1, "n_feat": 16, "num_classes": 10, "image_size": 28},
+                conditional=True, steps=3_000, batch_size=32, lr=2e-3, warmup_steps=200, ema_decay=0.995,
+                checkpoint_every=250, notes=_CPU_NOTE),
+    TrainPreset("smoke", "A few steps of a tiny seed-unet on digits (used by the tests)", "digits", "seed-unet",
+                {"in_channels": 1, "channels": (4, 8, 8), "embed_dim": 8, "image_size": 8,
+                 "num_timesteps": 50},
+                schedule=ScheduleConfig("linear", 50), steps=6, batch_size=16, warmup_steps=2, checkpoint_every=3),
+)}
+
+
+# --------------------------------------------------------------------------- small pieces
+
+
+def default_out(preset: TrainPreset) -> Path:
+    """Where a preset's weights go unless --out says otherwise: models/weights/PRESET.safetensors."""
+    return WEIGHTS_DIR / f"{preset.name}.safetensors"
+
+
+def get_preset(name: str) -> TrainPreset:
+    """The named preset, or a UserError listing them."""
+    if name not in PRESETS:
+        raise UserError(f"unknown training preset {name!r}; available: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' means CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for, but CUDA is not available; use --device cpu")
+    return torch.device(device)
+
+
+def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up to base_lr over warmup_steps, then cosine decay to 0 at total_steps."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter."""
+    for ema_p, p in zip(ema.parameters(), model.parameters(), strict=True):
+        ema_p.lerp_(p, 1 - decay)
+    for ema_b, b in zip(ema.buffers(), model.buffers(), strict=True):
+        ema_b.copy_(b)
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """The EMA decay, ramped up at the start so the EMA does not remember the random init."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+def load_training_data(preset: TrainPreset, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The preset's training split in [-1, 1], checked against the network's image size."""
+    from models.data import load_dataset
+
+    images, labels = load_dataset(preset.dataset, "train", data_dir)
+    size = preset.network.get("image_size")
+    if size is not None and images.shape[-1] != size:
+        raise UserError(f"preset {preset.name!r} expects {size}x{size} images, dataset {preset.dataset!r} "
+                        f"has {images.shape[-2]}x{images.shape[-1]}")
+    return images.float().contiguous(), labels.long()
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds besides the preset: networks, optimizer, counters, RNG states."""
+
+    model: nn.Module
+    ema: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    step: int = 0
+    wall_time_s: float = 0.0
+    recent_losses: list[float] = field(default_factory=list)
+
+
+def save_checkpoint(state: TrainState, path: Path, preset_name: str) -> None:
+    """Write a resumable checkpoint atomically (tmp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"preset": preset_name, "step": state.step, "wall_time_s": state.wall_time_s,
+               "model": state.model.state_dict(), "ema": state.ema.state_dict(),
+               "optimizer": state.optimizer.state_dict(), "generator": state.generator.get_state(),
+               "torch_rng": torch.get_rng_state(), "recent_losses": torch.tensor(state.recent_losses),
+               "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(state: TrainState, path: Path, preset_name: str) -> None:
+    """Restore `state` from a checkpoint written by save_checkpoint (tensors only, no code)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {str(path)!r} does not exist") from None
+    except Exception as exc:
+        raise UserError(f"cannot read checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from None
+    if payload.get("preset") != preset_name:
+        raise UserError(f"checkpoint {str(path)!r} is for preset {payload.get('preset')!r}, not {preset_name!r}")
+    state.model.load_state_dict(payload["model"])
+    state.ema.load_state_dict(payload["ema"])
+    state.optimizer.load_state_dict(payload["optimizer"])
+    state.generator.set_state(payload["generator"])
+    torch.set_rng_state(payload["torch_rng"])
+    if payload["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["cuda_rng"])
+    state.step = int(payload["step"])
+    state.wall_time_s = float(payload["wall_time_s"])
+    state.recent_losses = [float(v) for v in payload["recent_losses"]]
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A preset with the command-line overrides applied."""
+
+    preset: TrainPreset
+    steps: int
+    batch_size: int
+    lr: float
+    seed: int
+    device: torch.device
+    out: Path
+    checkpoint: Path
+    data_dir: str | None
+
+
+def training_step(state: TrainState, run: RunConfig, schedule: NoiseSchedule, images: torch.Tensor,
+                  labels: torch.Tensor, time_kind: str) -> float:
+    """One optimizer step on a random batch; returns the loss. Randomness comes from state.generator."""
+    preset, gen = run.preset, state.generator
+    index = torch.randint(images.shape[0], (run.batch_size,), generator=gen)
+    t = torch.randint(schedule.num_timesteps, (run.batch_size,), generator=gen)
+    eps = torch.randn((run.batch_size, *images.shape[1:]), generator=gen)
+    cond = None
+    if preset.conditional:
+        drop = torch.rand(run.batch_size, generator=gen) < preset.label_dropout
+        cond = torch.where(drop, torch.full_like(labels[index], preset.network["num_classes"]), labels[index])
+        cond = cond.to(run.device)
+    x0, t, eps = images[index].to(run.device), t.to(run.device), eps.to(run.device)
+    x_t = schedule.add_noise(x0, t, eps)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr_at(state.step, run.lr, preset.warmup_steps, run.steps)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
+        prediction = state.model(x_t, time_input(t, schedule.num_timesteps, time_kind), cond)
+    loss = F.mse_loss(prediction.float(), eps)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(state.model.parameters(), preset.grad_clip)
+    state.optimizer.step()
+    update_ema(state.ema, state.model, ema_decay_at(state.step, preset.ema_decay))
+    state.step += 1
+    return float(loss.detach())
+
+
+def make_state(run: RunConfig) -> TrainState:
+    """Fresh model, EMA copy, AdamW and data generator for a run, seeded by run.seed."""
+    torch.manual_seed(run.seed)
+    model = build_network(run.preset.architecture, run.preset.network).to(run.device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=run.preset.weight_decay)
+    return TrainState(model, ema, optimizer, torch.Generator().manual_seed(run.seed))
+
+
+def command_line(run: RunConfig) -> str:
+    """The command that reproduces this run from scratch."""
+    parts = ["python", "-m", "bench", "train", "--preset", run.preset.name, "--steps", str(run.steps),
+             "--batch-size", str(run.batch_size), "--lr", str(run.lr), "--seed", str(run.seed)]
+    if run.out != default_out(run.preset):
+        parts += ["--out", str(run.out)]
+    return shlex.join(parts)
+
+
+def write_weights(state: TrainState, run: RunConfig, schedule_config: ScheduleConfig, images: torch.Tensor) -> Path:
+    """Save the EMA weights and the model card."""
+    from models.weights import make_card, save_weights
+
+    preset = run.preset
+    final_loss = sum(state.recent_losses) / max(1, len(state.recent_losses))
+    device_name = torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else "cpu"
+    card = make_card(
+        name=run.out.stem, architecture=preset.architecture,
+        network_config=network_config(preset.architecture, preset.network), dataset=preset.dataset,
+        image_shape=tuple(images.shape[1:]), num_classes=preset.network.get("num_classes", 0) if preset.conditional
+        else 0, schedule=schedule_config, prediction_type="eps", time_input=time_input_kind(preset.architecture),
+        description=preset.description, preset=preset.name, steps_trained=state.step,
+        final_loss=round(final_loss, 6), wall_time_s=round(state.wall_time_s, 1), device=device_name,
+        torch_version=torch.__version__, command=command_line(run),
+        training={"batch_size": run.batch_size, "lr": run.lr, "warmup_steps": preset.warmup_steps,
+                  "lr_decay": "cosine", "optimizer": "AdamW", "weight_decay": preset.weight_decay,
+                  "ema_decay": preset.ema_decay, "label_dropout": preset.label_dropout if preset.conditional else 0.0,
+                  "grad_clip": preset.grad_clip, "seed": run.seed, "bf16_autocast": run.device.type == "cuda",
+                  "saved_weights": "EMA"},
+        notes=preset.notes if run.device.type == "cpu" else "")
+    return save_weights(state.ema, run.out, card)
+
+
+def train(run: RunConfig, resume: Path | None = None) -> Path:
+    """Train `run` (optionally resuming from a checkpoint) and return the weights path."""
+    from tqdm import tqdm
+
+    preset = run.preset
+    schedule_config = preset.schedule
+    schedule = NoiseSchedule.from_config(schedule_config)
+    images, labels = load_training_data(preset, run.data_dir)
+    time_kind = time_input_kind(preset.architecture)
+    state = make_state(run)
+    if resume is not None:
+        load_checkpoint(state, resume, preset.name)
+    state.model.train()
+    bar = tqdm(total=run.steps, initial=state.step, desc=f"train {preset.name}", mininterval=5, dynamic_ncols=True)
+    started = time.perf_counter() - state.wall_time_s
+    while state.step < run.steps:
+        loss = training_step(state, run, schedule, images, labels, time_kind)
+        state.recent_losses = (state.recent_losses + [loss])[-200:]
+        bar.update(1)
+        bar.set_postfix(loss=f"{sum(state.recent_losses) / len(state.recent_losses):.4f}", refresh=False)
+        if state.step % preset.checkpoint_every == 0 or state.step == run.steps:
+            state.wall_time_s = time.perf_counter() - started
+            save_checkpoint(state, run.checkpoint, preset.name)
+            write_weights(state, run, schedule_config, images)
+    bar.close()
+    state.wall_time_s = time.perf_counter() - started
+    return write_weights(state, run, schedule_config, images)
+
+
+# --------------------------------------------------------------------------- sample grids
+
+
+@torch.no_grad()
+def sample_grid(denoiser, path: str | Path, num_images: int = 64, seed: int = 0, nrow: int = 8) -> Path:
+    """A PNG grid of `num_images` samples from 1000-step (full-schedule) ancestral DDPM.
+
+    Conditional models get labels 0, 1, 2, ... in turn, so each grid column (nrow = num_classes) is a class.
+    """
+    from torchvision.utils import save_image
+
+    from bench.noise import NoiseSource, StepNoise
+    from samplers.ancestral import sample_ancestral
+
+    indices = torch.arange(num_images)
+    noise = StepNoise(NoiseSource(seed), indices, denoiser.image_shape, denoiser.device)
+    cond = (indices % denoiser.num_classes).to(denoiser.device) if denoiser.num_classes else None
+    timesteps = list(range(denoiser.num_timesteps - 1, -1, -1))
+    samples = sample_ancestral(denoiser, noise.initial(), timesteps, noise, cond=cond)
+    path = Path(path)
+    save_image((samples.clamp(-1, 1) + 1) / 2, path, nrow=denoiser.num_classes or nrow, padding=1)
+    return path
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def run_config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Apply the command-line overrides to the named preset."""
+    preset = get_preset(args.preset)
+    out = Path(args.out) if args.out else default_out(preset)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else CHECKPOINT_DIR / f"{out.stem}.ckpt.pt"
+    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
+    return RunConfig(preset, args.steps or preset.steps, args.batch_size or preset.batch_size, args.lr or preset.lr,
+                     args.seed, resolve_device(args.device), out, checkpoint, args.data_dir)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Entry point of `bench train`."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = run_config_from_args(args)
+    path = train(run, Path(args.resume) if args.resume else None)
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+    return 0
+
+
+def add_subparser(subparsers) -> argparse.ArgumentParser:
+    """Add `train` to the CLI's subcommands."""
+    parser = subparsers.add_parser("train", help="train a built-in network from a preset and write weights + card",
+                                   description="Train a network from a preset: "
+                                   + "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values()))
+    parser.add_argument("--preset", required=True, help=f"one of {', '.join(PRESETS)}")
+    parser.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: the preset's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the preset's)")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--out", default=None, help="weights path (.safetensors; default models/weights/PRESET)")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint path (default checkpoints/NAME.ckpt.pt)")
+    parser.add_argument("--resume", default=None, help="continue from this checkpoint")
+    parser.add_argument("--seed", type=int, default=0, help="seed for init, batches, timesteps and noise")
+    parser.add_argument("--data-dir", default=None, help="dataset folder (default: the dataset's usual place)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
+    parser.set_defaults(func=run_train)
+    return parser
+
+
+if __name__ == "__main__":  # python -m models.train GRID.png WEIGHTS.safetensors [NUM_IMAGES]
+    import sys
+
+    from models.weights import load_denoiser
+
+    count = int(sys.argv[3]) if len(sys.argv) > 3 else 64
+    print(sample_grid(load_denoiser(sys.argv[2]), sys.argv[1], count))
