@@ -7,6 +7,7 @@ time as a float t/T (seed 002) rather than an integer index (seed 000), are adap
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,6 +42,8 @@ def eps_from_prediction(prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Te
 
 def x0_from_eps(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor | float) -> torch.Tensor:
     """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
+    if isinstance(alpha_bar_t, float):  # the common case in samplers: two fused ops, no temporaries
+        return torch.add(x_t, eps, alpha=-math.sqrt(1 - alpha_bar_t)).mul_(1 / math.sqrt(alpha_bar_t))
     a = torch.as_tensor(alpha_bar_t, dtype=x_t.dtype, device=x_t.device)
     return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
 

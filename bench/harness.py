@@ -222,7 +222,7 @@ class Harness:
 
         def callback(state):
             if state["step"] in keep:
-                frames.append((state["x"].detach().cpu(), state["x0"].detach().cpu()))
+                frames.append((state["x"].detach().cpu().clone(), state["x0"].detach().cpu().clone()))
 
         self._sample(job, counter, self._batch_noise(0, count), callback)
         if frames and self.config.trajectory_images > 0:

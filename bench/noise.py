@@ -47,6 +47,16 @@ def _mix64(z: torch.Tensor) -> torch.Tensor:
     return z ^ _shift_right(z, 31)
 
 
+def _mix64_(z: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """`_mix64` in place, using `scratch` for the shifted copy."""
+    for shift, multiplier in ((30, _MIX1), (27, _MIX2), (31, None)):
+        torch.bitwise_right_shift(z, shift, out=scratch)
+        z.bitwise_xor_(scratch.bitwise_and_((1 << (64 - shift)) - 1))
+        if multiplier is not None:
+            z.mul_(multiplier)
+    return z
+
+
 class NoiseSource:
     """Standard normal noise indexed by (seed, image index, step)."""
 
@@ -67,14 +77,22 @@ class NoiseSource:
         image_keys = _mix64(images * _GOLDEN + _mix64(torch.tensor(self.seed, dtype=torch.int64, device=device)))
         keys = _mix64(image_keys + (step_ids + 2) * _STEP)                               # (S, B, 1)
         counters = torch.arange(1, n_pairs + 1, dtype=torch.int64, device=device) * _GOLDEN
-        bits = _mix64(keys + counters)                                                    # (S, B, P)
-        scale = 1.0 / (1 << 24)
-        u1 = (_shift_right(bits, 40).to(torch.float32) + 0.5) * scale  # in (0, 1): log is finite
-        u2 = ((bits & 0xFFFFFF).to(torch.float32) + 0.5) * scale
-        radius = torch.sqrt(-2.0 * torch.log(u1))
-        angle = (2.0 * math.pi) * u2
-        normals = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=-1)[..., :per_image]
-        return normals.reshape(len(steps), images.shape[1], *shape).to(dtype)
+        bits = keys + counters                                                            # (S, B, P)
+        scratch = torch.empty_like(bits)
+        _mix64_(bits, scratch)
+        # Written in place into one buffer: at 8x8 the allocations cost as much as the arithmetic.
+        out = torch.empty(*bits.shape[:-1], 2 * n_pairs, device=device)
+        u1, u2 = out[..., :n_pairs], out[..., n_pairs:]
+        torch.bitwise_right_shift(bits, 40, out=scratch)
+        u1.copy_(scratch.bitwise_and_((1 << 24) - 1))
+        u2.copy_(bits.bitwise_and_(0xFFFFFF))
+        out.add_(0.5).mul_(1.0 / (1 << 24))  # 24-bit uniforms in (0, 1): the log below is finite
+        radius = u1.log_().mul_(-2.0).sqrt_()
+        angle = u2.mul_(2.0 * math.pi)
+        cos = torch.cos(angle)
+        angle.sin_().mul_(radius)  # second half: r sin(theta)
+        radius.mul_(cos)           # first half: r cos(theta)
+        return out[..., :per_image].reshape(len(steps), images.shape[1], *shape).to(dtype)
 
     def normal(self, image_indices: torch.Tensor, shape: tuple[int, ...], step: int,
                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -26,23 +26,23 @@ def add_arguments(p) -> None:
     p.add_argument("--model", help="model to time (default: the embedded default for the device)")
     p.add_argument("--device", default="auto")
     p.add_argument("--sampler", default="ddim", help="sampler for the linearity check (default ddim)")
-    p.add_argument("--steps", default="10,20,50,100", help="step counts for the linearity check")
+    p.add_argument("--steps", default="10,20,50,100,200", help="step counts for the linearity check")
     p.add_argument("--overhead-steps", type=int, default=50, help="steps for the overhead check")
     p.add_argument("--num-samples", type=int, default=500)
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats per point (median is used)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per point (median is used)")
     p.add_argument("--full-run", action="store_true", help="also time the whole default `run --samplers all`")
     p.add_argument("--out", help="write the measurements as JSON here")
 
 
-def _harness(model: str | None, device_arg: str, num_samples: int, registry):
+def _harness(model: str | None, device_arg: str, num_samples: int, registry, scratch: Path):
+    """A harness that times sampling only: no metrics, no images written."""
     device = pick_device(device_arg)
     from bench.harness import DEFAULT_MODEL
     name = model or DEFAULT_MODEL[device.type]
     denoiser = load_model(name, registry, device)
     config = RunConfig(model=name, num_samples=num_samples, batch_size=num_samples, metrics=("none",),
-                       grid_images=0, trajectory_images=1)
-    with tempfile.TemporaryDirectory() as tmp:
-        harness = Harness(config, registry, Path(tmp), denoiser, device, name, num_samples, num_samples, [], "perf")
+                       grid_images=0, trajectory_images=0)
+    harness = Harness(config, registry, scratch, denoiser, device, name, num_samples, num_samples, [], "perf")
     return harness, denoiser
 
 
@@ -67,9 +67,15 @@ def linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
 
 
 def run_perf(args) -> int:
+    """Measure the targets, print them, write JSON with --out; exit 1 when one is missed."""
+    with tempfile.TemporaryDirectory() as scratch:
+        return _run_perf(args, Path(scratch))
+
+
+def _run_perf(args, scratch: Path) -> int:
     from bench.plugins import load_registry
     registry = load_registry(tuple(getattr(args, "plugin", None) or ()))
-    harness, denoiser = _harness(args.model, args.device, args.num_samples, registry)
+    harness, denoiser = _harness(args.model, args.device, args.num_samples, registry, scratch)
     T = denoiser.num_timesteps
     steps = tuple(int(s) for s in args.steps.split(","))
     report: dict = {"model": harness.model_name, "device": str(harness.device), "num_samples": args.num_samples}
@@ -97,11 +103,10 @@ def run_perf(args) -> int:
 
     if args.full_run:
         budget = DEFAULT_RUN_BUDGET_S[harness.device.type]
-        with tempfile.TemporaryDirectory() as tmp:
-            began = time.perf_counter()
-            run_benchmark(RunConfig(device=args.device, model=args.model), registry, out=str(Path(tmp) / "run"),
-                          quiet=True)
-            elapsed = time.perf_counter() - began
+        began = time.perf_counter()
+        run_benchmark(RunConfig(device=args.device, model=args.model), registry, out=str(scratch / "run"),
+                      quiet=True)
+        elapsed = time.perf_counter() - began
         report["default_run"] = {"seconds": elapsed, "budget_s": budget, "passed": elapsed <= budget}
         print(f"default run: {elapsed:.1f} s ({'ok' if elapsed <= budget else 'OVER'} budget {budget} s)")
 

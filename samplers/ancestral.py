@@ -19,11 +19,11 @@ def ancestral_step(x: torch.Tensor, eps: torch.Tensor, alpha_bar_t: float, alpha
     variance beta~' ('small') or beta' ('large'). `noise=None` adds no noise (the last step).
     """
     beta = 1.0 - alpha_bar_t / alpha_bar_prev
-    mean = (x - beta / math.sqrt(1.0 - alpha_bar_t) * eps) / math.sqrt(1.0 - beta)
+    mean = torch.add(x, eps, alpha=-beta / math.sqrt(1.0 - alpha_bar_t)).mul_(1 / math.sqrt(1.0 - beta))
     if noise is None:
         return mean
     var = beta * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar_t) if variance == "small" else beta
-    return mean + math.sqrt(var) * noise
+    return mean.add_(noise, alpha=math.sqrt(var))
 
 
 def sample_ancestral(denoiser, x, timesteps, noise, *, variance="small", callback=None, cond=None, **_):

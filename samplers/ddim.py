@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from bench import Param, Preset, SamplerSpec, hookimpl, x0_from_eps
 from bench.plans import PLANS
 from samplers.ancestral import ancestral_step
@@ -32,9 +34,9 @@ def sample_ddim(denoiser, x, timesteps, noise, *, eta=0.0, sigma_hat=False, call
             x = ancestral_step(x, eps, alpha_bar_t, alpha_bar_prev, "large", None if is_last else noise(i))
             continue
         sigma = ddim_sigma(alpha_bar_t, alpha_bar_prev, eta)
-        x = math.sqrt(alpha_bar_prev) * x0 + math.sqrt(max(1 - alpha_bar_prev - sigma**2, 0.0)) * eps
+        x = torch.add(math.sqrt(alpha_bar_prev) * x0, eps, alpha=math.sqrt(max(1 - alpha_bar_prev - sigma**2, 0.0)))
         if not is_last and sigma > 0:
-            x = x + sigma * noise(i)
+            x.add_(noise(i), alpha=sigma)
     return x
 
 

@@ -176,3 +176,17 @@ def test_the_readme_starts_with_the_two_setup_commands():
     blocks = text.split("```bash\n")[1:3]
     assert "python -m bench run --samplers all" in blocks[0]
     assert "pip install -e '.[test]'" in blocks[1] and "python -m pytest" in blocks[1]
+
+
+def test_run_on_the_shipped_digits_model_scores_fid_against_the_floor(tmp_path):
+    out = tmp_path / "digits"
+    assert main(["run", "--model", "digits", "--samplers", "ddim", "stride-quadratic", "--steps", "5,10",
+                 "--num-samples", "48", "--batch-size", "32", "--quiet", "--bootstrap", "20", "--out", str(out)]) == 0
+    df = read_results_csv(out / "results.csv")
+    assert (df["status"] == "ok").all()
+    assert {"fid", "fid_ci_low", "fid_ci_high", "fid_floor", "kid", "prc_precision", "prc_recall"} <= set(df.columns)
+    assert (df["fid_ci_low"] <= df["fid"]).all() and (df["fid"] <= df["fid_ci_high"]).all()
+    assert (df["fid_floor"] > 0).all() and df["oracle_fd"].isna().all() if "oracle_fd" in df else True
+    assert (df["nfe"] == df["steps"]).all()
+    assert (out / "samples" / "ddim-10.png").exists() and (out / "plots" / "quality_vs_wall.png").exists()
+    assert "best is" in (out / "report.md").read_text()
