@@ -53,6 +53,17 @@ def pareto_front(df: pd.DataFrame, cost: str, quality: str) -> pd.DataFrame:
     return ordered.loc[keep]
 
 
+def _log_y_if_wide(ax, values: pd.Series) -> None:
+    """Log y when quality spans more than a factor of 5, so the good end stays readable."""
+    low, high = values.min(), values.max()
+    if low > 0 and high / low > 5:
+        from matplotlib.ticker import FormatStrFormatter
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.set_ylabel(ax.get_ylabel() + " (log scale)")
+
+
 def _plots(df: pd.DataFrame, quality: str | None, label: str, out_dir: Path) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
@@ -77,6 +88,7 @@ def _plots(df: pd.DataFrame, quality: str | None, label: str, out_dir: Path) -> 
         ax.set_xscale("log")
         ax.set_xlabel("network calls per image (NFE, log scale)")
         ax.set_ylabel(label)
+        _log_y_if_wide(ax, ok[quality])
         ax.set_title("Quality against NFE" + (" (95% bootstrap CI bands)" if quality == "fid" else ""))
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
@@ -92,6 +104,7 @@ def _plots(df: pd.DataFrame, quality: str | None, label: str, out_dir: Path) -> 
         ax.set_xscale("log")
         ax.set_xlabel("sampling wall time for all images (s, log scale)")
         ax.set_ylabel(label)
+        _log_y_if_wide(ax, ok[quality])
         ax.set_title("Quality against wall time (circled: Pareto frontier)")
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
