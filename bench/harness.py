@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -210,9 +211,9 @@ class Harness:
         return StepNoise(self.noise, torch.arange(start, stop), self.denoiser.image_shape, self.device, self.dtype)
 
     def _sample(self, job: Job, counter: CountingDenoiser, noise: StepNoise, callback=None) -> torch.Tensor:
-        spec, params = job.choice.spec, job.choice.params
-        run_params = {k: v for k, v in params.items() if k not in ("plan", "sections")}
-        return spec.fn(counter, noise.initial(), list(job.timesteps), noise, callback=callback, **run_params)
+        spec = job.choice.spec
+        return spec.fn(counter, noise.initial(), list(job.timesteps), noise, callback=callback,
+                       **spec.sampler_kwargs(job.choice.params))
 
     def _warm_up_and_trace(self, job: Job, counter: CountingDenoiser) -> None:
         """Run the first few images untimed: warms caches and kernels, records the trajectory strip."""
@@ -377,8 +378,8 @@ def run_benchmark(config: RunConfig, registry: Registry, out: str | None = None,
     run_id = out_dir.name
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "config.json", {
-        "run_id": run_id, "config": config.to_dict(), "model": model_name, "num_samples": num_samples,
-        "batch_size": batch_size, "num_timesteps": denoiser.num_timesteps,
+        "run_id": run_id, "config": dataclasses.replace(config, steps=steps).to_dict(), "model": model_name,
+        "num_samples": num_samples, "batch_size": batch_size, "num_timesteps": denoiser.num_timesteps,
         "model_info": denoiser.info.__dict__, "schedule": getattr(denoiser.schedule.config, "__dict__", None),
         "jobs": [{"sampler": j.choice.label, "steps": j.steps, "params": j.choice.params,
                   "timesteps": list(j.timesteps)} for j in jobs],

@@ -10,6 +10,7 @@ from typing import Any
 from bench.errors import UserError
 from bench.plans import make_plan, sections_plan
 
+PLAN_PARAMS = ("plan", "sections")  # parameters that choose timesteps rather than reach the sampler
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -97,6 +98,10 @@ class SamplerSpec:
                                 f"not {steps}")
             return timesteps
         return make_plan(plan, num_timesteps, steps)
+
+    def sampler_kwargs(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The parameters passed to `fn`: all but the plan ones, which the harness consumes."""
+        return {k: v for k, v in params.items() if k not in PLAN_PARAMS}
 
     def expected_nfe(self, timesteps: list[int]) -> int:
         return self.nfe_per_step * len(timesteps)

@@ -11,8 +11,7 @@ def run_sampler(spec, params, denoiser, steps, images, seed=0, dtype=torch.float
     """Run one registered sampler on the given image indices; returns x_0 and the timesteps."""
     timesteps = spec.timesteps(denoiser.num_timesteps, steps, params)
     noise = noise or StepNoise(NoiseSource(seed), torch.as_tensor(images), denoiser.image_shape, dtype=dtype)
-    run_params = {k: v for k, v in params.items() if k not in ("plan", "sections")}
-    x = spec.fn(denoiser, noise.initial(), timesteps, noise, callback=callback, **run_params)
+    x = spec.fn(denoiser, noise.initial(), timesteps, noise, callback=callback, **spec.sampler_kwargs(params))
     return x, timesteps
 
 
