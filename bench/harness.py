@@ -293,9 +293,8 @@ class Harness:
             raise ValueError("sampler returned NaN or inf values")
 
     def _row_base(self, job: Job) -> dict:
-        params = {k: v for k, v in job.choice.params.items()}
         return {"run_id": self.run_id, "sampler": job.choice.label, "base_sampler": job.choice.spec.name,
-                "plugin": job.choice.spec.plugin, "params": json.dumps(params, sort_keys=True),
+                "plugin": job.choice.spec.plugin, "params": json.dumps(job.choice.params, sort_keys=True),
                 "plan": job.choice.spec.plan_name(job.choice.params), "steps": job.steps,
                 "nfe": math.nan, "expected_nfe": job.choice.spec.expected_nfe(list(job.timesteps)),
                 "num_samples": self.num_samples, "batch_size": self.batch_size, "model": self.model_name,
@@ -333,9 +332,7 @@ TIMING_COLUMNS = ["wall_s", "s_per_image", "ms_per_nfe", "net_s", "net_ms_per_ca
 
 def load_model(arg: str, registry: Registry, device: torch.device):
     """A registered model name, a path to one of our weight files, or a diffusers folder."""
-    if arg in registry.models:
-        return registry.models[arg].load(device)
-    if Path(arg).exists():
+    if arg in registry.models or Path(arg).exists():
         from models.weights import load_model_arg
         return load_model_arg(arg, registry, device)
     raise UserError(f"unknown model {arg!r}.{closest(arg, registry.models)} Give a registered name "

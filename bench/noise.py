@@ -40,15 +40,11 @@ def _shift_right(z: torch.Tensor, k: int) -> torch.Tensor:
 
 def _mix64(z: torch.Tensor) -> torch.Tensor:
     """SplitMix64's finaliser: a bijection on 64-bit integers with full avalanche."""
-    z = z ^ _shift_right(z, 30)
-    z = z * _MIX1
-    z = z ^ _shift_right(z, 27)
-    z = z * _MIX2
-    return z ^ _shift_right(z, 31)
+    return _mix64_(z.clone(), torch.empty_like(z))
 
 
 def _mix64_(z: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
-    """`_mix64` in place, using `scratch` for the shifted copy."""
+    """SplitMix64's finaliser in place on `z`, using `scratch` for the shifted copy."""
     for shift, multiplier in ((30, _MIX1), (27, _MIX2), (31, None)):
         torch.bitwise_right_shift(z, shift, out=scratch)
         z.bitwise_xor_(scratch.bitwise_and_((1 << (64 - shift)) - 1))
