@@ -296,7 +296,7 @@ class Harness:
         return {"run_id": self.run_id, "sampler": job.choice.label, "base_sampler": job.choice.spec.name,
                 "plugin": job.choice.spec.plugin, "params": json.dumps(job.choice.params, sort_keys=True),
                 "plan": job.choice.spec.plan_name(job.choice.params), "steps": job.steps,
-                "nfe": math.nan, "expected_nfe": job.choice.spec.expected_nfe(list(job.timesteps)),
+                "nfe": math.nan, "expected_nfe": job.choice.spec.expected_nfe(list(job.timesteps), job.choice.params),
                 "num_samples": self.num_samples, "batch_size": self.batch_size, "model": self.model_name,
                 "device": str(self.device), "compute_dtype": self.config.precision, "seed": self.config.seed,
                 "status": "pending", "error": ""}
@@ -392,7 +392,7 @@ def run_benchmark(config: RunConfig, registry: Registry, out: str | None = None,
     for job in matrix:
         matrix.set_postfix_str(f"{job.choice.label} @ {job.steps}")
         batches = math.ceil(num_samples / batch_size)
-        with tqdm(total=len(job.timesteps) * job.choice.spec.nfe_per_step * batches, desc="  NFE",
+        with tqdm(total=job.choice.spec.expected_nfe(list(job.timesteps), job.choice.params) * batches, desc="  NFE",
                   unit="call", leave=False, disable=quiet, position=1) as bar:
             rows[job.key] = harness.run_job(job, bar)
         write_csv_atomic(ordered(), csv_path)

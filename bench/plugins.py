@@ -26,7 +26,7 @@ DEFAULT_PLUGINS = (
     "samplers.ddim",
     "models.oracle",
     "models.builtin",
-    "bench.metrics",
+    "models.metrics",
 )
 HOOKS = {"register_samplers": "sampler", "register_presets": "preset",
          "register_models": "model", "register_metrics": "metric"}

@@ -55,7 +55,9 @@ class SamplerSpec:
     `fn(denoiser, x_T, timesteps, noise, *, callback=None, cond=None, **params)` returns x_0.
     `plan` names the timestep plan ('full', 'uniform', 'quadratic', ..., or 'sections', which
     reads the `sections` parameter); a `plan` parameter, when declared, overrides it.
-    `nfe_per_step` is the number of network calls per timestep the sampler visits.
+    `nfe_per_step` is the number of network calls per timestep the sampler visits; samplers whose
+    cost is not steps x constant (Heun: 2N-1, warm-ups, AFS) give `nfe(timesteps, params) -> int`
+    instead, so the expected NFE and progress bars stay exact. The harness's count is the truth.
     """
 
     name: str
@@ -65,6 +67,7 @@ class SamplerSpec:
     plan: str = "uniform"
     nfe_per_step: int = 1
     plugin: str = ""
+    nfe: Callable[[list, Mapping[str, Any]], int] | None = None
 
     def resolve_params(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Defaults updated by `overrides`, each checked against its declaration."""
@@ -103,7 +106,10 @@ class SamplerSpec:
         """The parameters passed to `fn`: all but the plan ones, which the harness consumes."""
         return {k: v for k, v in params.items() if k not in PLAN_PARAMS}
 
-    def expected_nfe(self, timesteps: list[int]) -> int:
+    def expected_nfe(self, timesteps: list, params: Mapping[str, Any] | None = None) -> int:
+        """Network calls per image this sampler makes on `timesteps` with `params`."""
+        if self.nfe is not None:
+            return int(self.nfe(list(timesteps), dict(params or {})))
         return self.nfe_per_step * len(timesteps)
 
 

@@ -10,8 +10,11 @@ import pytest
 import torch
 
 from bench import DenoiserInfo, hookspecs
-from bench import metrics as metrics_module
-from bench.metrics import (
+from bench.plugins import collect
+from models import features
+from models import metrics as metrics_module
+from models.data import load_dataset
+from models.metrics import (
     MomentAccumulator,
     bootstrap_fid,
     bootstrap_interval,
@@ -19,9 +22,6 @@ from bench.metrics import (
     create_oracle_fd,
     weighted_fid,
 )
-from bench.plugins import collect
-from models import features
-from models.data import load_dataset
 from models.oracle import OracleDenoiser, make_mixture
 
 CONTEXT = {"num_samples": 360, "device": "cpu", "seed": 0, "fid_weights": None, "bootstrap": 50}
@@ -92,7 +92,8 @@ class TestDigitsFid:
         for batch in images.split(100):
             metric.update(batch)
         result = metric.compute()
-        assert result["fid"] == pytest.approx(result["fid_floor"], rel=1e-9)
+        # float32 features of batches of 100 vs the stored floor's batching: summation order differs (~1e-7)
+        assert result["fid"] == pytest.approx(result["fid_floor"], rel=1e-6)
 
     def test_fid_is_the_same_streamed_in_batches_or_at_once(self):
         images, _ = load_dataset("digits", "test")
@@ -138,7 +139,7 @@ def test_oracle_fd_of_exact_samples_is_small_and_of_shifted_samples_matches_the_
 def test_plugin_registers_fid_and_oracle_fd():
     manager = pluggy.PluginManager("sampler_bench")
     manager.add_hookspecs(hookspecs)
-    manager.register(metrics_module, name="bench.metrics")
+    manager.register(metrics_module, name="models.metrics")
     registry = collect(manager)
     assert {"fid", "oracle-fd"} <= set(registry.metrics) and not registry.errors
 
