@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import shlex
 import sys
+import tempfile
+import traceback
+from dataclasses import fields
+from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.config import DEFAULT_STEPS, PRECISIONS, RunConfig
@@ -36,7 +42,8 @@ def cmd_list(args) -> int:
         for name, item in table.items():
             extra = ""
             if title == "Samplers":
-                params = ", ".join(f"{k}={p.default}" for k, p in item.params.items())
+                params = ", ".join(f"{k}={p.default}" + (f" ({p.allowed()})" if p.allowed() else "")
+                                   for k, p in item.params.items())
                 extra = f"  [plan: {item.plan}{'; ' + params if params else ''}]"
             elif title == "Presets":
                 extra = f"  [= {item.sampler}:{','.join(f'{k}={v}' for k, v in item.params.items())}]"
@@ -49,26 +56,85 @@ def cmd_list(args) -> int:
     return 0
 
 
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def _int_in(low: int, high: int | None = None, what: str = "an integer"):
+    """An argparse type: an integer in [low, high]; argparse names the option in its error."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+    return convert
+
+
+positive_int = _int_in(1, what="a positive integer")
+non_negative_int = _int_in(0, what="a non-negative integer")
+seed_int = _int_in(*INT64, what="an integer seed")
+
+
 def _step_list(text: str) -> tuple[str, ...]:
     """Comma-separated step counts; checked (integers in 1..T) once the model's T is known."""
     return tuple(s for s in text.replace(" ", "").split(",") if s)
 
 
+def _given_options(args) -> dict:
+    """The RunConfig fields the user set on the command line (unset options are None or empty)."""
+    given = {f.name: getattr(args, "plugin" if f.name == "plugins" else f.name, None) for f in fields(RunConfig)}
+    return {name: tuple(v) if isinstance(v, list) else v for name, v in given.items() if v is not None and v != ()}
+
+
+def _normalised(value):
+    """A value in a form where '3' and 3, or a list and a tuple, compare equal."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_normalised(v) for v in value)
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _resumed_config(args) -> RunConfig:
+    """The config recorded in the folder being resumed; options that would change it are refused."""
+    from bench.report import read_config
+
+    folder = Path(args.resume)
+    stored = folder / "config.json"
+    if not stored.is_file():
+        what = "does not exist" if not folder.exists() else "has no config.json"
+        raise UserError(f"--resume {folder}: the folder {what}; is it a sampler-bench results folder?")
+    if args.force:
+        raise UserError("--resume and --force contradict each other: --force would delete the run being resumed")
+    if args.out and Path(args.out).resolve() != folder.resolve():
+        raise UserError(f"--resume {folder} continues that folder; drop --out {args.out}")
+    recorded = read_config(stored)
+    saved = recorded.get("config")
+    try:
+        config = RunConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    except (TypeError, AttributeError) as exc:
+        raise UserError(f"{stored}: not a run config this version can resume ({exc})") from None
+    for name, value in _given_options(args).items():
+        old = getattr(config, name)
+        if _normalised(value) in (_normalised(old), _normalised(recorded.get(name))):
+            continue
+        shown = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
+        raise UserError(f"--resume {folder}: --{name.replace('_', '-')} {shown(value)} differs from the run's "
+                        f"{shown(old if old is not None else recorded.get(name))}; a resumed run keeps the options it "
+                        "started with (drop the option, or start a new run with another --out)")
+    return config
+
+
 def cmd_run(args) -> int:
     """Run the benchmark matrix and write a results folder."""
     from bench.harness import run_benchmark, summary_table
-    if args.resume:
-        stored = Path(args.resume) / "config.json"
-        if not stored.exists():
-            raise UserError(f"--resume {args.resume}: no config.json there; is it a results folder?")
-        saved = json.loads(stored.read_text())["config"]
-        config = RunConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
-    else:
-        config = RunConfig(samplers=tuple(args.samplers), steps=args.steps, model=args.model,
-                           num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
-                           device=args.device, precision=args.precision, metrics=tuple(args.metrics),
-                           fid_weights=args.fid_weights, bootstrap=args.bootstrap, grid_images=args.grid_images,
-                           trajectory_images=args.trajectory_images, plugins=tuple(args.plugin or ()))
+    config = _resumed_config(args) if args.resume else RunConfig(**_given_options(args))
     from bench.plugins import load_registry
     registry = load_registry(config.plugins)
     for error in registry.errors:
@@ -100,8 +166,15 @@ def cmd_perf(args) -> int:
     return run_perf(args)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error format: one line, `error: ...`, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench", description="Benchmark diffusion-model samplers: "
+    parser = Parser(prog="python -m bench", description="Benchmark diffusion-model samplers: "
                                      "quality (FID) against cost (network calls, wall time).")
     parser.add_argument("--plugin", action="append", metavar="FILE.py",
                         help="load a local plugin file (repeatable; also SAMPLER_BENCH_PLUGINS=a.py:b.py)")
@@ -117,22 +190,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run samplers x step counts on a model and write results/<run-id>/",
                        description="Runs every selected sampler at every step count on the same random numbers, "
                        "counts network calls, times sampling (warmed up, synchronised) and scores the samples.")
-    p.add_argument("--samplers", nargs="+", default=["all"], metavar="SPEC",
+    p.add_argument("--samplers", nargs="+", metavar="SPEC",
                    help="'all', names, presets, or name:param=value,... e.g. ddim:eta=0.2 stride:sections=10,15,20")
-    p.add_argument("--steps", type=_step_list, default=DEFAULT_STEPS, help="comma-separated step counts "
+    p.add_argument("--steps", type=_step_list, help="comma-separated step counts "
                    f"(default {','.join(map(str, DEFAULT_STEPS))}; full-schedule samplers run once at T)")
+    p.add_argument("--guidance", type=_step_list, default=(), metavar="W,W,...",
+                   help="classifier-free guidance scales w, a dimension of the matrix like --steps: eps = (1 + w) "
+                   "eps(x, c) - w eps(x, null) (Ho & Salimans; diffusers' guidance_scale = 1 + w). Conditional "
+                   "models only; default 0 (purely conditional)")
+    p.add_argument("--classes", type=_step_list, default=(), metavar="K,K,...",
+                   help="class labels to sample, image i gets classes[i mod len] (default: all classes, balanced)")
     p.add_argument("--model", help="registered model name, a .safetensors weight file, or a diffusers folder "
                    "(default: digits on CPU, fashion-mnist on CUDA)")
-    p.add_argument("--num-samples", type=int, help="images per configuration (default 500 on CPU, 10000 on CUDA)")
-    p.add_argument("--batch-size", type=int, help="images per network call (default 500 on CPU, 2500 on CUDA)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the per-image noise (default 0)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="autocast precision (fp16 needs CUDA)")
-    p.add_argument("--metrics", nargs="+", default=["all"], help="metric names, 'all' or 'none'")
+    p.add_argument("--num-samples", type=positive_int,
+                   help="images per configuration (default 500 on CPU, 10000 on CUDA)")
+    p.add_argument("--batch-size", type=positive_int, help="images per network call (default 500 on CPU, 2500 on CUDA)")
+    p.add_argument("--seed", type=seed_int, help="seed of the per-image noise (default 0)")
+    p.add_argument("--device", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--precision", choices=PRECISIONS, help="autocast precision (default fp32; fp16 needs CUDA)")
+    p.add_argument("--metrics", nargs="+", help="metric names, 'all' or 'none' (default all)")
     p.add_argument("--fid-weights", help="local Inception-v3 weights file for Inception FID on RGB models")
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for FID intervals")
-    p.add_argument("--grid-images", type=int, default=64, help="images in each sample grid PNG")
-    p.add_argument("--trajectory-images", type=int, default=4, help="images in each trajectory strip")
+    p.add_argument("--bootstrap", type=non_negative_int, help="bootstrap resamples for FID intervals (default 200)")
+    p.add_argument("--grid-images", type=non_negative_int, help="images in each sample grid PNG (default 64)")
+    p.add_argument("--trajectory-images", type=non_negative_int, help="images in each trajectory strip (default 4)")
     p.add_argument("--out", help="results folder (default results/<timestamp>-<model>)")
     p.add_argument("--results-root", default="results", help=argparse.SUPPRESS)
     p.add_argument("--resume", metavar="DIR", help="continue a run: skip finished rows, redo failed or missing ones")
@@ -171,14 +251,46 @@ def _unavailable(name: str, exc: Exception) -> int:
     raise UserError(f"the '{name}' command is not available in this installation: {exc}")
 
 
+def bug_log_dir() -> Path:
+    """Where tracebacks of unexpected errors go: $XDG_CACHE_HOME/sampler-bench/errors (~/.cache by default)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "sampler-bench" / "errors"
+
+
+def write_bug_log(argv: list[str]) -> Path | None:
+    """Save the current exception's traceback and the command line to a new log file; None if that fails."""
+    try:
+        folder = bug_log_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        with tempfile.NamedTemporaryFile("w", dir=folder, prefix=f"{stamp}-", suffix=".log", delete=False) as log:
+            log.write("command: " + shlex.join(["python", "-m", "bench", *argv]) + "\n\n" + traceback.format_exc())
+        return Path(log.name)
+    except OSError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command; every failure ends in one line on stderr and an exit code (2: your input, 1: a bug)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad option (2, already printed)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; finished rows are in results.csv (continue with --resume DIR)", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        out_dir = getattr(exc, "out_dir", None)
+        where = (f"; finished rows are in {out_dir}/results.csv (continue with --resume {out_dir})"
+                 if out_dir is not None else "")
+        print(f"interrupted{where}", file=sys.stderr)
         return 130
+    except Exception as exc:  # anything else is our bug: no traceback on screen, but kept for the report
+        log = write_bug_log(argv)
+        kept = f"the traceback is in {log}" if log else "no log could be written"
+        print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} ({kept}); "
+              "this is a bug, please report it", file=sys.stderr)
+        return 1

@@ -32,6 +32,8 @@ class RunConfig:
     grid_images: int = 64
     trajectory_images: int = 4
     plugins: tuple[str, ...] = field(default_factory=tuple)
+    guidance: tuple[float, ...] = ()  # classifier-free guidance w (Ho & Salimans); () = 0 on conditional models
+    classes: tuple[int, ...] = ()     # labels to cycle through; () = every class of a conditional model
 
     def to_dict(self) -> dict:
         return asdict(self)

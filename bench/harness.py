@@ -1,198 +1,70 @@
-"""The run matrix: every sampler x step count on one model, common random numbers, honest numbers."""
+"""The timed loop: run each job of the matrix on one model, count, time, check and score it.
+
+What runs is decided in bench/selection.py, where the network runs in bench/device.py, how a
+sampler is called in bench/sampling.py, and what is written in bench/results.py.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from bench.config import PRECISIONS, RunConfig, provenance, write_json_atomic
+from bench.config import RunConfig, provenance
+from bench.device import autocast_dtype, device_name, pick_device
 from bench.errors import UserError
 from bench.measure import CountingDenoiser, PeakMemory, synchronize
-from bench.noise import NoiseSource, StepNoise
-from bench.registry import Registry, SamplerSpec, closest
+from bench.noise import NoiseSource
+from bench.registry import Registry
+from bench.results import (
+    TIMING_COLUMNS,
+    prepare_out_dir,
+    save_grid,
+    slug,
+    summary_table,
+    write_csv_atomic,
+    write_run_config,
+)
+from bench.sampling import batch_noise, image_labels, sample
+from bench.selection import (
+    Job,
+    job_key,
+    plan_jobs,
+    resolve_samplers,
+    select_metrics,
+    validate_classes,
+    validate_guidance,
+    validate_steps,
+)
 
 DEFAULT_MODEL = {"cpu": "digits", "cuda": "fashion-mnist"}
 DEFAULT_NUM_SAMPLES = {"cpu": 500, "cuda": 10_000}
 DEFAULT_BATCH = {"cpu": 500, "cuda": 2_500}
-KEY = ["sampler", "steps"]
+KEY = ["sampler", "steps", "guidance"]
+__all__ = ["TIMING_COLUMNS", "Harness", "load_model", "run_benchmark", "summary_table"]
 
 
-@dataclass(frozen=True)
-class SamplerChoice:
-    """One sampler configuration: the label in reports, the spec and its resolved parameters."""
-
-    label: str
-    spec: SamplerSpec
-    params: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Job:
-    """One row of the results: a sampler configuration at one step count."""
-
-    choice: SamplerChoice
-    steps: int
-    timesteps: tuple[int, ...] = field(repr=False)
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.choice.label, self.steps)
-
-
-def parse_params(text: str) -> dict[str, str]:
-    """'eta=0.2,sections=10,15,20' -> {'eta': '0.2', 'sections': '10,15,20'}.
-
-    A comma-separated piece without '=' continues the previous value, so list-valued
-    parameters need no quoting.
-    """
-    params: dict[str, str] = {}
-    last = None
-    for piece in text.split(","):
-        if "=" in piece:
-            name, value = piece.split("=", 1)
-            last = name.strip()
-            if not last:
-                raise UserError(f"bad sampler parameter {piece!r}: expected name=value")
-            params[last] = value.strip()
-        elif last is not None and piece.strip():
-            params[last] += "," + piece.strip()
-        elif piece.strip():
-            raise UserError(f"bad sampler parameter {piece!r}: expected name=value")
-    return params
-
-
-def resolve_samplers(items: tuple[str, ...] | list[str], registry: Registry) -> list[SamplerChoice]:
-    """Expand 'all', presets and 'name:param=value' items into sampler configurations."""
-    choices: list[SamplerChoice] = []
-    for item in items:
-        for part in [item] if ":" in item else [p for p in item.split(",") if p]:
-            name, _, param_text = part.partition(":")
-            name = name.strip()
-            if name == "all":
-                choices += [SamplerChoice(s.name, s, s.resolve_params()) for s in registry.samplers.values()]
-                choices += [SamplerChoice(p.name, registry.samplers[p.sampler],
-                                          registry.samplers[p.sampler].resolve_params(p.params))
-                            for p in registry.presets.values()]
-                continue
-            overrides = parse_params(param_text)
-            if name in registry.presets:
-                preset = registry.presets[name]
-                spec = registry.samplers[preset.sampler]
-                params = spec.resolve_params({**preset.params, **overrides})
-            else:
-                spec = registry.sampler(name)
-                params = spec.resolve_params(overrides)
-            label = name if not overrides else f"{name}:{','.join(f'{k}={v}' for k, v in overrides.items())}"
-            choices.append(SamplerChoice(label, spec, params))
-    unique: dict[str, SamplerChoice] = {}
-    for choice in choices:
-        unique.setdefault(choice.label, choice)
-    if not unique:
-        raise UserError("no samplers selected; try --samplers all")
-    return list(unique.values())
-
-
-def validate_steps(steps, num_timesteps: int) -> tuple[int, ...]:
-    """Every requested step count is an integer in 1..T, checked before any work starts."""
-    out = []
-    for s in steps:
-        if isinstance(s, str):
-            try:
-                s = int(s)
-            except ValueError:
-                raise UserError(f"steps must be integers, got {s!r}") from None
-        if isinstance(s, bool) or not isinstance(s, int):
-            raise UserError(f"steps must be integers, got {s!r}")
-        if not 1 <= s <= num_timesteps:
-            raise UserError(f"steps must be between 1 and T={num_timesteps}, got {s}")
-        out.append(s)
-    if not out:
-        raise UserError("no step counts given")
-    return tuple(dict.fromkeys(out))
-
-
-def plan_jobs(choices: list[SamplerChoice], steps: tuple[int, ...], num_timesteps: int) -> list[Job]:
-    """The matrix: each configuration at each step count; fixed-plan samplers once."""
-    jobs = []
-    for choice in choices:
-        fixed = choice.spec.fixed_steps(num_timesteps, choice.params)
-        for s in [fixed] if fixed is not None else steps:
-            timesteps = choice.spec.timesteps(num_timesteps, s, choice.params)
-            jobs.append(Job(choice, s, tuple(timesteps)))
-    return jobs
-
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but CUDA is not available; use --device cpu or auto")
-    if requested != "cpu" and not requested.startswith("cuda"):
-        raise UserError(f"--device must be auto, cpu or cuda, got {requested!r}")
-    return torch.device(requested)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "fp32":
-        return None
-    if precision == "fp16" and device.type != "cuda":
-        raise UserError("--precision fp16 needs CUDA; on CPU use fp32 or bf16")
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def select_metrics(names: tuple[str, ...], registry: Registry) -> list:
-    if "all" in names:
-        return list(registry.metrics.values())
-    out = []
-    for name in names:
-        if name == "none":
-            continue
-        if name not in registry.metrics:
-            raise UserError(f"unknown metric {name!r}.{closest(name, registry.metrics)} "
-                            f"Available: {', '.join(registry.metrics) or 'none'}")
-        out.append(registry.metrics[name])
-    return out
-
-
-def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
-    """Save images in [-1, 1] as one PNG grid, atomically."""
-    from torchvision.utils import save_image
-    images = (images.float().clamp(-1, 1) + 1) / 2
-    if images.shape[-1] < 32:  # tiny images (8x8 digits) are enlarged so a person can see them
-        images = torch.nn.functional.interpolate(images, scale_factor=math.ceil(32 / images.shape[-1]), mode="nearest")
-    tmp = path.with_name(path.stem + ".tmp.png")
-    save_image(images, tmp, nrow=nrow, padding=2, pad_value=1.0)
-    tmp.replace(path)
-
-
-def slug(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "-._" else "_" for c in label)
+def accepts_labels(update) -> bool:
+    """Whether a metric accumulator's update() takes the images' class labels."""
+    try:
+        return "labels" in inspect.signature(update).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class Harness:
     """Runs jobs on one model and writes the results folder."""
 
     def __init__(self, config: RunConfig, registry: Registry, out_dir: Path, denoiser, device: torch.device,
-                 model_name: str, num_samples: int, batch_size: int, metric_specs: list, run_id: str):
+                 model_name: str, num_samples: int, batch_size: int, metric_specs: list, run_id: str,
+                 classes: tuple[int, ...] | None = None):
         self.config = config
         self.registry = registry
         self.out_dir = out_dir
@@ -203,17 +75,16 @@ class Harness:
         self.batch_size = batch_size
         self.metric_specs = metric_specs
         self.run_id = run_id
+        self.classes = classes
         self.noise = NoiseSource(config.seed)
         self.dtype = torch.float32
         self.autocast = autocast_dtype(config.precision, device)
 
-    def _batch_noise(self, start: int, stop: int) -> StepNoise:
-        return StepNoise(self.noise, torch.arange(start, stop), self.denoiser.image_shape, self.device, self.dtype)
-
-    def _sample(self, job: Job, counter: CountingDenoiser, noise: StepNoise, callback=None) -> torch.Tensor:
-        spec = job.choice.spec
-        return spec.fn(counter, noise.initial(), list(job.timesteps), noise, callback=callback,
-                       **spec.sampler_kwargs(job.choice.params))
+    def _sample(self, job: Job, counter: CountingDenoiser, start: int, stop: int, callback=None) -> torch.Tensor:
+        indices = torch.arange(start, stop)
+        noise = batch_noise(self.noise, indices, self.denoiser.image_shape, self.device, self.dtype)
+        return sample(job.choice.spec, job.choice.params, counter, job.timesteps, indices, noise=noise,
+                      classes=self.classes, guidance=job.guidance, callback=callback)
 
     def _warm_up_and_trace(self, job: Job, counter: CountingDenoiser) -> None:
         """Run the first few images untimed: warms caches and kernels, records the trajectory strip."""
@@ -225,13 +96,13 @@ class Harness:
             if state["step"] in keep:
                 frames.append((state["x"].detach().cpu().clone(), state["x0"].detach().cpu().clone()))
 
-        self._sample(job, counter, self._batch_noise(0, count), callback)
+        self._sample(job, counter, 0, count, callback)
         if frames and self.config.trajectory_images > 0:
             # rows: for each image, x_t along the way then predicted x_0 along the way
             rows = []
             for i in range(count):
                 rows += [f[0][i] for f in frames] + [f[1][i] for f in frames]
-            path = self.out_dir / "trajectories" / f"{slug(job.choice.label)}-{job.steps}.png"
+            path = self.out_dir / "trajectories" / f"{self._file_stem(job)}.png"
             path.parent.mkdir(exist_ok=True)
             save_grid(torch.stack(rows), path, nrow=len(frames))
 
@@ -251,26 +122,32 @@ class Harness:
             with PeakMemory(self.device) as memory:
                 for start in range(0, self.num_samples, self.batch_size):
                     stop = min(start + self.batch_size, self.num_samples)
-                    noise = self._batch_noise(start, stop)
                     synchronize(self.device)
                     began = time.perf_counter()
-                    samples = self._sample(job, counter, noise)
+                    samples = self._sample(job, counter, start, stop)
                     synchronize(self.device)
                     wall += time.perf_counter() - began
                     batches += 1
                     self._check(samples, stop - start)
                     if len(grid) * self.batch_size < self.config.grid_images:
                         grid.append(samples[: self.config.grid_images].detach().cpu())
+                    labels = image_labels(torch.arange(start, stop), self.classes)
                     for _, acc in accumulators:
-                        acc.update(samples)
+                        if labels is not None and accepts_labels(acc.update):
+                            acc.update(samples, labels=labels)
+                        else:
+                            acc.update(samples)
             net = counter.network_seconds()
+            if counter.calls == 0:
+                raise ValueError("the sampler never called the network")
             nfe = counter.calls / batches
-            row.update(nfe=nfe, wall_s=wall, s_per_image=wall / self.num_samples, ms_per_nfe=1000 * wall / nfe,
+            row.update(nfe=nfe, rows_evaluated=counter.rows / self.num_samples,
+                       wall_s=wall, s_per_image=wall / self.num_samples, ms_per_nfe=1000 * wall / nfe,
                        net_s=net, net_ms_per_call=1000 * net / counter.calls, overhead_frac=max(0.0, 1 - net / wall),
                        peak_mem_mb=memory.megabytes(), mem_kind=memory.kind)
             if self.config.grid_images > 0:
                 save_grid(torch.cat(grid)[: self.config.grid_images],
-                          self.out_dir / "samples" / f"{slug(job.choice.label)}-{job.steps}.png")
+                          self.out_dir / "samples" / f"{self._file_stem(job)}.png")
             for _, acc in accumulators:
                 row.update(acc.compute())
             row["status"] = "ok"
@@ -279,6 +156,11 @@ class Harness:
         except Exception as exc:  # a broken sampler is recorded, and the run goes on
             row.update(status="error", error=f"{type(exc).__name__}: {exc}")
         return row
+
+    @staticmethod
+    def _file_stem(job: Job) -> str:
+        guided = "" if job.guidance is None else f"-w{job.guidance:g}"
+        return f"{slug(job.choice.label)}-{job.steps}{guided}"
 
     def _metric_context(self) -> dict:
         return {"num_samples": self.num_samples, "device": str(self.device), "seed": self.config.seed,
@@ -296,47 +178,21 @@ class Harness:
         return {"run_id": self.run_id, "sampler": job.choice.label, "base_sampler": job.choice.spec.name,
                 "plugin": job.choice.spec.plugin, "params": json.dumps(job.choice.params, sort_keys=True),
                 "plan": job.choice.spec.plan_name(job.choice.params), "steps": job.steps,
-                "nfe": math.nan, "expected_nfe": job.choice.spec.expected_nfe(list(job.timesteps), job.choice.params),
+                "guidance": job.guidance, "cfg_scale": None if job.guidance is None else 1.0 + job.guidance,
+                "nfe": math.nan, "expected_nfe": job.expected_nfe,
                 "num_samples": self.num_samples, "batch_size": self.batch_size, "model": self.model_name,
                 "device": str(self.device), "compute_dtype": self.config.precision, "seed": self.config.seed,
                 "status": "pending", "error": ""}
 
 
-def write_csv_atomic(rows: list[dict], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pd.DataFrame(rows).to_csv(tmp, index=False)
-    tmp.replace(path)
-
-
-def default_run_id(model_name: str) -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-" + slug(Path(model_name).name)
-
-
-def prepare_out_dir(out: str | None, results_root: Path, model_name: str, resume: bool, force: bool) -> Path:
-    """The run folder: never overwrite results without --resume or --force."""
-    out_dir = Path(out) if out else results_root / default_run_id(model_name)
-    if resume:
-        if not (out_dir / "results.csv").exists():
-            raise UserError(f"--resume {out_dir}: no results.csv there to resume from")
-        return out_dir
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not force:
-            raise UserError(f"{out_dir} already holds results; use --resume to continue it or --force to replace it")
-        import shutil
-        shutil.rmtree(out_dir)
-    return out_dir
-
-
-TIMING_COLUMNS = ["wall_s", "s_per_image", "ms_per_nfe", "net_s", "net_ms_per_call", "overhead_frac", "peak_mem_mb"]
-
-
 def load_model(arg: str, registry: Registry, device: torch.device):
-    """A registered model name, a path to one of our weight files, or a diffusers folder."""
-    if arg in registry.models or Path(arg).exists():
-        from models.weights import load_model_arg
-        return load_model_arg(arg, registry, device)
-    raise UserError(f"unknown model {arg!r}.{closest(arg, registry.models)} Give a registered name "
-                    f"({', '.join(sorted(registry.models))}), a .safetensors weight file or a diffusers folder")
+    """A registered model name, or a path a registered model source opens (weight file, diffusers folder)."""
+    return registry.load_model(arg, device)
+
+
+def _guidance_of(row: dict) -> float | None:
+    value = row.get("guidance")
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
 def _model_defaults(config: RunConfig, device: torch.device) -> tuple[str, int, int]:
@@ -364,35 +220,39 @@ def run_benchmark(config: RunConfig, registry: Registry, out: str | None = None,
     metric_specs = select_metrics(config.metrics, registry)
     denoiser = load_model(model_name, registry, device)
     steps = validate_steps(config.steps, denoiser.num_timesteps)
-    jobs = plan_jobs(choices, steps, denoiser.num_timesteps)
+    classes = validate_classes(config.classes, denoiser.num_classes)
+    guidance = validate_guidance(config.guidance, denoiser.num_classes)
+    jobs = plan_jobs(choices, steps, denoiser.schedule, guidance)
     out_dir = prepare_out_dir(out, results_root, model_name, resume, force)
 
     done: dict[tuple[str, int], dict] = {}
     if resume:
         from bench.report import read_results_csv
         previous = read_results_csv(out_dir / "results.csv").to_dict("records")
-        done = {(r["sampler"], int(r["steps"])): r for r in previous if r.get("status") == "ok"}
+        done = {job_key(r["sampler"], r["steps"], _guidance_of(r)): r for r in previous if r.get("status") == "ok"}
     run_id = out_dir.name
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "config.json", {
+    write_run_config(out_dir, {
         "run_id": run_id, "config": dataclasses.replace(config, steps=steps).to_dict(), "model": model_name,
         "num_samples": num_samples, "batch_size": batch_size, "num_timesteps": denoiser.num_timesteps,
         "model_info": denoiser.info.__dict__, "schedule": getattr(denoiser.schedule.config, "__dict__", None),
-        "jobs": [{"sampler": j.choice.label, "steps": j.steps, "params": j.choice.params,
-                  "timesteps": list(j.timesteps)} for j in jobs],
+        "classes": list(classes) if classes else None,
+        "jobs": [{"sampler": j.choice.label, "steps": j.steps, "guidance": j.guidance, "params": j.choice.params,
+                  "timesteps": list(j.timesteps), "expected_nfe": j.expected_nfe} for j in jobs],
         "started_utc": datetime.now(timezone.utc).isoformat(), **provenance(device_name(device))})
 
     harness = Harness(config, registry, out_dir, denoiser, device, model_name, num_samples, batch_size,
-                      metric_specs, run_id)
+                      metric_specs, run_id, classes)
     rows = {job.key: done[job.key] for job in jobs if job.key in done}
     todo = [job for job in jobs if job.key not in done]
     csv_path = out_dir / "results.csv"
     ordered = lambda: [rows[j.key] for j in jobs if j.key in rows]  # noqa: E731
     matrix = tqdm(todo, desc="configurations", unit="cfg", disable=quiet, position=0)
     for job in matrix:
-        matrix.set_postfix_str(f"{job.choice.label} @ {job.steps}")
+        matrix.set_postfix_str(f"{job.choice.label} @ {job.steps}" + ("" if job.guidance is None else
+                                                                       f", w={job.guidance:g}"))
         batches = math.ceil(num_samples / batch_size)
-        with tqdm(total=job.choice.spec.expected_nfe(list(job.timesteps), job.choice.params) * batches, desc="  NFE",
+        with tqdm(total=job.expected_nfe * batches, desc="  NFE",
                   unit="call", leave=False, disable=quiet, position=1) as bar:
             rows[job.key] = harness.run_job(job, bar)
         write_csv_atomic(ordered(), csv_path)
@@ -403,10 +263,3 @@ def run_benchmark(config: RunConfig, registry: Registry, out: str | None = None,
     return out_dir
 
 
-def summary_table(out_dir: Path) -> str:
-    """A compact text table of a results folder for the terminal."""
-    from bench.report import read_results_csv
-    df = read_results_csv(out_dir / "results.csv")
-    cols = [c for c in ["sampler", "steps", "nfe", "wall_s", "ms_per_nfe", "overhead_frac", "fid", "fid_floor",
-                        "oracle_fd", "status"] if c in df.columns]
-    return df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}")

@@ -34,6 +34,7 @@ class CountingDenoiser:
 
     def reset(self) -> None:
         self.calls = 0
+        self.rows = 0  # forward rows: a guided call of B images evaluates 2B rows
         self._cpu_seconds = 0.0
         self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
@@ -42,6 +43,7 @@ class CountingDenoiser:
 
     def __call__(self, x_t, t, cond=None):
         self.calls += 1
+        self.rows += x_t.shape[0]
         device = x_t.device
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

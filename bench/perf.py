@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 from bench.config import RunConfig
-from bench.harness import Harness, load_model, pick_device, plan_jobs, resolve_samplers, run_benchmark
+from bench.device import pick_device
+from bench.harness import Harness, load_model, run_benchmark
+from bench.selection import plan_jobs, resolve_samplers
 
 OVERHEAD_TARGET = 0.05
 LINEARITY_R2 = 0.99
@@ -81,7 +83,7 @@ def _run_perf(args, scratch: Path) -> int:
     report: dict = {"model": harness.model_name, "device": str(harness.device), "num_samples": args.num_samples}
 
     choice = resolve_samplers([args.sampler], registry)
-    points = [_time_job(harness, job, args.repeats) for job in plan_jobs(choice, steps, T)]
+    points = [_time_job(harness, job, args.repeats) for job in plan_jobs(choice, steps, denoiser.schedule)]
     a, b, r2 = linear_fit([p["nfe"] for p in points], [p["wall_s"] for p in points])
     report["linearity"] = {"points": points, "intercept_s": a, "s_per_nfe": b, "r2": r2,
                            "passed": r2 >= LINEARITY_R2}
@@ -93,7 +95,7 @@ def _run_perf(args, scratch: Path) -> int:
         fixed = sampler_choice.spec.fixed_steps(T, sampler_choice.params)
         if fixed is not None and fixed != args.overhead_steps:
             continue  # full-schedule samplers share the ancestral loop timed through the stride samplers
-        job = plan_jobs([sampler_choice], (args.overhead_steps,), T)[0]
+        job = plan_jobs([sampler_choice], (args.overhead_steps,), denoiser.schedule)[0]
         overheads[sampler_choice.label] = _time_job(harness, job, args.repeats)["overhead_frac"]
         print(f"overhead {sampler_choice.label:<20} {overheads[sampler_choice.label]:.2%}")
     worst = max(overheads.values())

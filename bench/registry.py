@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,14 +18,31 @@ _FALSE = {"0", "false", "no", "off"}
 
 @dataclass(frozen=True)
 class Param:
-    """A declared sampler parameter: default, type and one line of help."""
+    """A declared sampler parameter: default, type, one line of help and the values it allows.
+
+    `low`/`high` bound numbers (inclusive); floats must be finite unless `finite=False`. The
+    check happens here, once, so every sampler (built-in or plugin) gets it for free.
+    """
 
     default: Any
     help: str
     choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    finite: bool = True
+
+    def allowed(self) -> str:
+        """The allowed values in words, e.g. 'in [0, inf)' or 'one of small, large'; '' when anything goes."""
+        if self.choices is not None:
+            return "one of " + ", ".join(map(str, self.choices))
+        if self.low is None and self.high is None:
+            return "finite" if type(self.default) is float and self.finite else ""
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        return f"in [{low}, {high}]".replace("inf]", "inf)").replace("[-inf", "(-inf")
 
     def convert(self, name: str, value: Any) -> Any:
-        """Coerce a command-line string (or a Python value) to this parameter's type."""
+        """Coerce a command-line string (or a Python value) to this parameter's type and check its range."""
         kind = type(self.default)
         try:
             if kind is bool:
@@ -41,10 +59,15 @@ class Param:
                 value = int(value)
             else:
                 value = str(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise UserError(f"parameter {name}={value!r} is not a valid {kind.__name__}") from None
         if self.choices is not None and value not in self.choices:
             raise UserError(f"parameter {name}={value!r} must be one of {', '.join(map(str, self.choices))}")
+        if kind in (int, float):
+            if kind is float and self.finite and not math.isfinite(value):
+                raise UserError(f"parameter {name}={value!r} must be a finite number")
+            if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+                raise UserError(f"parameter {name}={value!r} must be {self.allowed()}")
         return value
 
 
@@ -91,8 +114,9 @@ class SamplerSpec:
             return len(sections_plan(num_timesteps, params["sections"]))
         return None
 
-    def timesteps(self, num_timesteps: int, steps: int | None, params: Mapping[str, Any]) -> list[int]:
-        """The timestep plan for this sampler, parameters and step count."""
+    def timesteps(self, num_timesteps, steps: int | None, params: Mapping[str, Any]) -> list[int]:
+        """The timestep plan for this sampler, parameters and step count (num_timesteps: T or the NoiseSchedule)."""
+        num_timesteps = getattr(num_timesteps, "num_timesteps", num_timesteps)
         plan = self.plan_name(params)
         if plan == "sections":
             timesteps = sections_plan(num_timesteps, params["sections"])
@@ -126,12 +150,17 @@ class Preset:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registered model: `load(device)` returns a Denoiser."""
+    """A registered model: `load(device)` returns a Denoiser.
+
+    A model *source* instead opens what the user names on the command line (a weight file, a
+    folder): `opens(arg) -> bool` says whether it can, and `load(device, arg)` loads it.
+    """
 
     name: str
     description: str
     load: Callable
     plugin: str = ""
+    opens: Callable[[str], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +208,24 @@ class Registry:
 
     def model(self, name: str) -> ModelSpec:
         if name not in self.models:
-            raise UserError(f"unknown model {name!r}.{closest(name, self.models)} "
-                            f"Available: {', '.join(sorted(self.models))}")
+            raise UserError(f"unknown model {name!r}.{closest(name, self.model_names())} "
+                            f"Available: {', '.join(self.model_names())}")
         return self.models[name]
+
+    def model_names(self) -> list[str]:
+        """Registered model names (not the sources that open paths)."""
+        return sorted(name for name, spec in self.models.items() if spec.opens is None)
+
+    def load_model(self, arg: str, device):
+        """`--model`: a registered name, or a path a registered model source opens (weights file, folder)."""
+        if arg in self.models and self.models[arg].opens is None:
+            return self.models[arg].load(device)
+        for spec in self.models.values():
+            if spec.opens is not None and spec.opens(arg):
+                return spec.load(device, arg)
+        from pathlib import Path
+        if Path(arg).suffix or "/" in arg or "\\" in arg:
+            raise UserError(f"--model {arg}: no such file or folder")
+        sources = "; ".join(f"{s.name}: {s.description}" for s in self.models.values() if s.opens is not None)
+        raise UserError(f"unknown model {arg!r}.{closest(arg, self.model_names())} Give a registered name "
+                        f"({', '.join(self.model_names()) or 'none'})" + (f" or a path ({sources})" if sources else ""))

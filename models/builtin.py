@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import ModelSpec, hookimpl
-from models.weights import REQUIRED_CARD_FIELDS
+from models.weights import REQUIRED_CARD_FIELDS, WEIGHT_SUFFIXES
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "digits"
@@ -56,7 +56,22 @@ def shipped_weights(weights_dir: Path = WEIGHTS_DIR) -> list[Path]:
     return sorted(paths, key=lambda p: p.stem != DEFAULT_MODEL)
 
 
+def opens_path(arg: str) -> bool:
+    """Whether `--model ARG` names an existing weight file or a (diffusers) folder."""
+    path = Path(arg)
+    return path.is_dir() or (path.is_file() and path.suffix in WEIGHT_SUFFIXES)
+
+
+def load_path(device, arg: str):
+    """Load a weight file with its card, or a diffusers folder."""
+    from models.weights import load_model_path
+
+    return load_model_path(Path(arg), device)
+
+
 @hookimpl
 def register_models(register):
     for path in shipped_weights():
         register(ModelSpec(path.stem, describe(path.with_suffix(".json")), _loader(path)))
+    register(ModelSpec("<path>", f"a weight file ({', '.join(WEIGHT_SUFFIXES)}) with its .json card, or a diffusers "
+                       "save_pretrained folder", load_path, opens=opens_path))

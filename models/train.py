@@ -321,14 +321,13 @@ def sample_grid(denoiser, path: str | Path, num_images: int = 64, seed: int = 0,
     """
     from torchvision.utils import save_image
 
-    from bench.noise import NoiseSource, StepNoise
-    from samplers.ancestral import sample_ancestral
+    from bench.plugins import load_registry
+    from bench.sampling import sample
 
-    indices = torch.arange(num_images)
-    noise = StepNoise(NoiseSource(seed), indices, denoiser.image_shape, denoiser.device)
-    cond = (indices % denoiser.num_classes).to(denoiser.device) if denoiser.num_classes else None
-    timesteps = list(range(denoiser.num_timesteps - 1, -1, -1))
-    samples = sample_ancestral(denoiser, noise.initial(), timesteps, noise, cond=cond)
+    ddpm = load_registry().sampler("ddpm")
+    params = ddpm.resolve_params()
+    timesteps = ddpm.timesteps(denoiser.schedule, None, params)
+    samples = sample(ddpm, params, denoiser, timesteps, torch.arange(num_images), seed=seed)
     path = Path(path)
     save_image((samples.clamp(-1, 1) + 1) / 2, path, nrow=denoiser.num_classes or nrow, padding=1)
     return path

@@ -144,17 +144,22 @@ def load_denoiser(path: str | Path, device: torch.device | str = "cpu") -> Denoi
     return Denoiser(schedule, info, network, time_input_kind=card["time_input"], device=device).to(device)
 
 
+def load_model_path(path: Path, device: torch.device | str = "cpu") -> Denoiser:
+    """A .safetensors/.pt weight file with its card, or a diffusers folder."""
+    if path.is_dir():
+        from models.diffusers_adapter import load_diffusers
+
+        return load_diffusers(path, device)
+    return load_denoiser(path, device)
+
+
 def load_model_arg(arg: str, registry, device: torch.device | str = "cpu") -> Denoiser:
     """Resolve `--model`: a registered name, a .safetensors/.pt weight file with a card, or a diffusers folder."""
     if arg in registry.models:
         return registry.model(arg).load(device)
     path = Path(arg)
-    if path.is_dir():
-        from models.diffusers_adapter import load_diffusers
-
-        return load_diffusers(path, device)
-    if path.suffix in WEIGHT_SUFFIXES:
-        return load_denoiser(path, device)
+    if path.is_dir() or path.suffix in WEIGHT_SUFFIXES:
+        return load_model_path(path, device)
     names = ", ".join(sorted(registry.models)) or "none"
     raise UserError(f"unknown model {arg!r}: not a registered model, a weight file ({', '.join(WEIGHT_SUFFIXES)}) "
                     f"or a diffusers folder. Registered models: {names}")

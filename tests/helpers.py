@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from bench.noise import NoiseSource, StepNoise
+from bench.sampling import batch_noise, sample
 
 
-def run_sampler(spec, params, denoiser, steps, images, seed=0, dtype=torch.float32, noise=None, callback=None):
-    """Run one registered sampler on the given image indices; returns x_0 and the timesteps."""
-    timesteps = spec.timesteps(denoiser.num_timesteps, steps, params)
-    noise = noise or StepNoise(NoiseSource(seed), torch.as_tensor(images), denoiser.image_shape, dtype=dtype)
-    x = spec.fn(denoiser, noise.initial(), timesteps, noise, callback=callback, **spec.sampler_kwargs(params))
+def run_sampler(spec, params, denoiser, steps, images, seed=0, dtype=torch.float32, noise=None, callback=None,
+                guidance=None, classes=None):
+    """Run one registered sampler through the sampling seam on the given image indices; returns x_0 and the plan."""
+    timesteps = spec.timesteps(denoiser.schedule, steps, params)
+    noise = noise or batch_noise(seed, torch.as_tensor(images), denoiser.image_shape, dtype=dtype)
+    x = sample(spec, params, denoiser, timesteps, images, noise=noise, callback=callback, guidance=guidance,
+               classes=classes)
     return x, timesteps
 
 

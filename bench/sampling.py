@@ -1,0 +1,82 @@
+"""The one sampling seam: per-image noise and labels, the guidance wrapper, and the sampler call.
+
+The harness, the tests and the training command's sample grids all sample through `sample`, so
+image i gets the same x_T, the same step noise and the same class label whoever asks, whatever
+the batch it lands in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from bench.errors import UserError
+from bench.noise import NoiseSource, StepNoise
+
+
+def image_labels(image_indices: torch.Tensor, classes: Sequence[int] | None) -> torch.Tensor | None:
+    """Image i's class label: classes[i mod len(classes)] (balanced), or None for unconditional models."""
+    if not classes:
+        return None
+    table = torch.as_tensor(list(classes), dtype=torch.long)
+    return table[torch.as_tensor(image_indices, dtype=torch.long) % len(table)]
+
+
+class GuidedDenoiser:
+    """Classifier-free guidance (Ho & Salimans 2022): eps = (1 + w) eps(x, c) - w eps(x, null).
+
+    The conditional and unconditional rows go through one network call of 2B rows, so a guided
+    step costs one call (NFE) but two forward rows per image. The null label is `num_classes`,
+    the label the model was trained with under label dropout. diffusers' guidance_scale is 1 + w.
+    """
+
+    def __init__(self, denoiser, scale: float):
+        self.inner = denoiser
+        self.scale = float(scale)
+        self.null_label = denoiser.num_classes
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, x_t: torch.Tensor, t, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if cond is None:
+            raise UserError("guided sampling needs class labels (cond)")
+        batch = x_t.shape[0]
+        cond = torch.as_tensor(cond, device=x_t.device).long().expand(batch)
+        t = torch.as_tensor(t, device=x_t.device)
+        both_t = torch.cat([t, t]) if t.dim() == 1 else t
+        both = self.inner(torch.cat([x_t, x_t]), both_t, torch.cat([cond, torch.full_like(cond, self.null_label)]))
+        eps_cond, eps_uncond = both[:batch], both[batch:]
+        return torch.lerp(eps_uncond, eps_cond, 1.0 + self.scale)  # uncond + (1 + w)(cond - uncond)
+
+
+def batch_noise(seed: int | NoiseSource, image_indices, image_shape: tuple[int, ...],
+                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> StepNoise:
+    """The per-image noise of these images (x_T and every step's fresh noise)."""
+    source = seed if isinstance(seed, NoiseSource) else NoiseSource(seed)
+    return StepNoise(source, torch.as_tensor(image_indices, dtype=torch.int64), image_shape, device, dtype)
+
+
+def sample(spec, params: dict[str, Any], denoiser, timesteps: Sequence, image_indices, *,
+           seed: int | NoiseSource = 0, classes: Sequence[int] | None = None, guidance: float | None = None,
+           callback: Callable | None = None, dtype: torch.dtype = torch.float32,
+           noise: StepNoise | None = None) -> torch.Tensor:
+    """Run one registered sampler on the given images and return x_0.
+
+    `denoiser` may be a counting wrapper (bench.measure.CountingDenoiser); guidance wraps it, so
+    the counter sees one call of 2B rows per guided step. `classes` are the labels to cycle
+    through (default: every class of a conditional model); `guidance` is w (None or 0: no guidance).
+    """
+    device = getattr(denoiser, "device", torch.device("cpu"))
+    image_indices = torch.as_tensor(image_indices, dtype=torch.int64)
+    noise = noise or batch_noise(seed, image_indices, denoiser.image_shape, device, dtype)
+    num_classes = getattr(denoiser, "num_classes", 0)
+    if classes is None and num_classes:
+        classes = range(num_classes)
+    labels = image_labels(image_indices, classes if num_classes else None)
+    cond = labels.to(device) if labels is not None else None
+    model = GuidedDenoiser(denoiser, guidance) if guidance and cond is not None else denoiser
+    return spec.fn(model, noise.initial(), list(timesteps), noise, callback=callback, cond=cond,
+                   **spec.sampler_kwargs(params))
