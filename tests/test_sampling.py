@@ -1,0 +1,103 @@
+"""The sampling seam: per-image labels, the classifier-free guidance wrapper, and what the harness records."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from bench.config import RunConfig
+from bench.denoiser import Denoiser, DenoiserInfo
+from bench.errors import UserError
+from bench.harness import run_benchmark
+from bench.measure import CountingDenoiser
+from bench.plugins import load_registry
+from bench.registry import ModelSpec
+from bench.sampling import GuidedDenoiser, image_labels
+from bench.schedule import NoiseSchedule
+from tests.helpers import run_sampler
+
+NUM_CLASSES = 3
+
+
+class LabelledDenoiser(Denoiser):
+    """A conditional model with a known answer: eps = 0.5 x + 0.1 (label - 1), and 0.3 x for the null label."""
+
+    def __init__(self, num_timesteps: int = 50):
+        super().__init__(NoiseSchedule.linear(num_timesteps), DenoiserInfo("labelled", (1, 4, 4), NUM_CLASSES))
+
+    def predict_eps(self, x_t, t, cond=None):
+        assert cond is not None and cond.shape == (x_t.shape[0],)
+        offset = (cond.to(x_t.dtype) - 1).view(-1, 1, 1, 1)
+        null = (cond == NUM_CLASSES).view(-1, 1, 1, 1)
+        return torch.where(null, 0.3 * x_t, 0.5 * x_t + 0.1 * offset)
+
+
+def test_labels_cycle_through_the_classes_by_image_index():
+    assert image_labels(torch.arange(7), range(3)).tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert image_labels(torch.tensor([5, 6, 7]), (3, 7)).tolist() == [7, 3, 7]
+    assert image_labels(torch.arange(4), None) is None
+
+
+def test_guided_eps_is_one_plus_w_conditional_minus_w_null_row_by_row():
+    model = LabelledDenoiser()
+    x = torch.randn(6, 1, 4, 4, dtype=torch.float64)
+    cond = torch.tensor([0, 1, 2, 2, 1, 0])
+    w = 2.5
+    guided = GuidedDenoiser(model, w)(x, 10, cond)
+    expected = (1 + w) * (0.5 * x + 0.1 * (cond - 1).double().view(-1, 1, 1, 1)) - w * 0.3 * x
+    torch.testing.assert_close(guided, expected, rtol=0, atol=1e-12)
+
+
+def test_a_guided_step_is_one_network_call_of_twice_the_rows():
+    counter = CountingDenoiser(LabelledDenoiser())
+    GuidedDenoiser(counter, 1.0)(torch.randn(5, 1, 4, 4), torch.full((5,), 7), torch.arange(5) % NUM_CLASSES)
+    assert (counter.calls, counter.rows) == (1, 10)
+
+
+@pytest.mark.parametrize("guidance,rows_per_call", [(None, 1), (0.0, 1), (2.0, 2)])
+def test_seam_counts_calls_and_rows_for_guided_and_unguided_sampling(registry, guidance, rows_per_call):
+    spec = registry.samplers["ddim"]
+    counter = CountingDenoiser(LabelledDenoiser())
+    run_sampler(spec, spec.resolve_params(), counter, 6, torch.arange(4), guidance=guidance)
+    assert counter.calls == 6 and counter.rows == 6 * 4 * rows_per_call
+
+
+def test_guided_samples_do_not_depend_on_the_batch_an_image_lands_in(registry):
+    spec = registry.samplers["ddim"]
+    params = spec.resolve_params({"eta": 1.0})
+    whole, _ = run_sampler(spec, params, LabelledDenoiser(), 5, torch.arange(6), guidance=1.5)
+    part, _ = run_sampler(spec, params, LabelledDenoiser(), 5, torch.arange(3, 6), guidance=1.5)
+    torch.testing.assert_close(whole[3:], part, rtol=0, atol=1e-6)
+
+
+def _registry_with_labelled_model():
+    registry = load_registry()
+    registry.models["labelled"] = ModelSpec("labelled", "test model", lambda device: LabelledDenoiser().to(device))
+    return registry
+
+
+def test_guidance_is_a_matrix_dimension_with_honest_nfe_and_rows(tmp_path):
+    config = RunConfig(samplers=("ddim",), steps=(4,), model="labelled", num_samples=6, batch_size=4,
+                       metrics=("none",), guidance=("0", "2"), grid_images=0, trajectory_images=0)
+    out = run_benchmark(config, _registry_with_labelled_model(), out=str(tmp_path / "run"), quiet=True)
+    df = pd.read_csv(out / "results.csv").set_index("guidance")
+    assert list(df.index) == [0.0, 2.0] and (df["status"] == "ok").all()
+    assert (df["nfe"] == 4).all() and df.loc[0.0, "rows_evaluated"] == 4 and df.loc[2.0, "rows_evaluated"] == 8
+    assert df.loc[2.0, "cfg_scale"] == 3.0
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"model": "gaussian-oracle", "guidance": ("1",)}, "--guidance needs a class-conditional model"),
+    ({"model": "gaussian-oracle", "classes": ("1",)}, "--classes needs a class-conditional model"),
+    ({"model": "labelled", "classes": ("3",)}, "label 3 is outside 0..2"),
+    ({"model": "labelled", "classes": ("x",)}, "--classes: 'x' is not an integer"),
+    ({"model": "labelled", "guidance": ("lots",)}, "--guidance: 'lots' is not a number"),
+    ({"model": "labelled", "guidance": ("-1",)}, "finite and >= 0"),
+    ({"model": "labelled", "guidance": ("nan",)}, "finite and >= 0"),
+])
+def test_bad_guidance_and_class_options_are_refused_before_anything_is_written(tmp_path, kwargs, message):
+    config = RunConfig(samplers=("ddim",), steps=(4,), num_samples=4, metrics=("none",), **kwargs)
+    with pytest.raises(UserError, match=message):
+        run_benchmark(config, _registry_with_labelled_model(), out=str(tmp_path / "run"), quiet=True)
+    assert not (tmp_path / "run").exists()
