@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import io
 import json
 import math
 from pathlib import Path
@@ -17,19 +18,56 @@ TABLE_COLUMNS = ["sampler", "steps", "nfe", "wall_s", "s_per_image", "ms_per_nfe
                  "status"]
 
 
+KEY_COLUMNS = ("sampler", "steps", "status")  # what every results.csv row has, whatever ran
+
+
 def read_results_csv(path: Path) -> pd.DataFrame:
-    """results.csv as written: only empty cells are missing (a sampler may be called 'nan')."""
-    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    """results.csv as written: only empty cells are missing (a sampler may be called 'nan').
+
+    The tool ends every file with a newline, so a last line without one was cut off (a crash or a
+    full disk mid-write by something else): it is dropped, and `--resume` redoes that row.
+    A file that is not a results table is a UserError naming it.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+        df = pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path} is empty; it is not a sampler-bench results.csv") from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path} is not a readable results CSV: {detail}") from None
+    missing = [c for c in KEY_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"{path} lacks the column(s) {', '.join(missing)}; is it a sampler-bench results.csv?")
+    if len(df) and not text.endswith("\n"):
+        df = df.iloc[:-1]
+    if len(df) and pd.to_numeric(df["steps"], errors="coerce").isna().any():
+        raise UserError(f"{path}: the steps column holds values that are not integers")
+    return df
+
+
+def read_config(path: Path) -> dict:
+    """A results folder's config.json as a dict; a file that is not one is a UserError naming it."""
+    path = Path(path)
+    try:
+        config = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); is it a sampler-bench config.json?") from None
+    if not isinstance(config, dict) or not isinstance(config.get("config", {}), dict):
+        raise UserError(f"{path} does not hold a run config (expected a JSON object with a 'config' object)")
+    return config
 
 
 def load_results(out_dir: Path) -> tuple[pd.DataFrame, dict]:
     """results.csv and config.json of a run folder, with a clear error when they are missing."""
     out_dir = Path(out_dir)
     csv = out_dir / "results.csv"
-    if not csv.exists():
-        raise UserError(f"{out_dir} has no results.csv; is it a sampler-bench results folder?")
+    if not csv.is_file():
+        what = "does not exist" if not out_dir.exists() else "has no results.csv"
+        raise UserError(f"{out_dir} {what}; is it a sampler-bench results folder?")
     config_path = out_dir / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    config = read_config(config_path) if config_path.exists() else {}
     return read_results_csv(csv), config
 
 
@@ -215,7 +253,8 @@ def compare(dir_a: Path, dir_b: Path) -> pd.DataFrame:
     cols = ["sampler", "steps", "nfe", "wall_s"] + ([quality] if quality else []) + ["status"]
     merged = a[[c for c in cols if c in a]].merge(b[[c for c in cols if c in b]], on=["sampler", "steps"],
                                                    how="outer", suffixes=("_a", "_b"))
-    merged["wall_ratio_b_over_a"] = merged["wall_s_b"] / merged["wall_s_a"]
-    if quality:
+    if {"wall_s_a", "wall_s_b"} <= set(merged.columns):
+        merged["wall_ratio_b_over_a"] = merged["wall_s_b"] / merged["wall_s_a"]
+    if quality and {f"{quality}_a", f"{quality}_b"} <= set(merged.columns):
         merged[f"{quality}_diff_b_minus_a"] = merged[f"{quality}_b"] - merged[f"{quality}_a"]
     return merged

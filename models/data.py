@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ SPLITS = ("train", "test")
 FASHION_MNIST_ENV = "SAMPLER_BENCH_FASHION_MNIST"
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 CIFAR10_ENV = "SAMPLER_BENCH_CIFAR10"
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                       "t10k-labels-idx1-ubyte.gz")
 DIGITS_TEST_EVERY = 5  # digits: image i is in the test split when i % 5 == 0
 
 IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
@@ -59,7 +62,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     try:
         with opener(path, "rb") as handle:
             raw = handle.read()
-    except (OSError, EOFError) as exc:  # gzip raises EOFError on a truncated stream
+    except (OSError, EOFError, zlib.error) as exc:  # gzip: EOFError when truncated, zlib.error when corrupt
         raise UserError(f"cannot read IDX file {str(path)!r}: {exc}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
         raise UserError(f"{str(path)!r} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
@@ -87,8 +90,23 @@ def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def fashion_mnist_dir(data_dir: str | None = None) -> Path:
-    """The first folder holding the Fashion-MNIST IDX files: data_dir, $SAMPLER_BENCH_FASHION_MNIST, system."""
-    candidates = [c for c in (data_dir, os.environ.get(FASHION_MNIST_ENV), FASHION_MNIST_SYSTEM_DIR) if c]
+    """The folder holding the Fashion-MNIST IDX files.
+
+    A folder the user names (data_dir) is used alone: one that does not exist or lacks a file is an
+    error, never a silent fall back to another copy. Otherwise $SAMPLER_BENCH_FASHION_MNIST, then the
+    system folder.
+    """
+    if data_dir is not None:
+        folder = Path(data_dir)
+        missing = [name for name in FASHION_MNIST_FILES if not (folder / name).is_file()]
+        if not folder.is_dir() or missing:
+            problem = "does not exist" if not folder.exists() else (
+                "is not a folder" if not folder.is_dir() else f"lacks {', '.join(missing)}")
+            raise UserError(f"--data-dir {str(folder)!r} {problem}: dataset 'fashion-mnist' needs a folder "
+                            f"holding {', '.join(FASHION_MNIST_FILES)} ('apt-get install dataset-fashion-mnist' "
+                            f"puts them in {FASHION_MNIST_SYSTEM_DIR})")
+        return folder
+    candidates = [c for c in (os.environ.get(FASHION_MNIST_ENV), FASHION_MNIST_SYSTEM_DIR) if c]
     for candidate in candidates:
         if (Path(candidate) / "train-images-idx3-ubyte.gz").is_file():
             return Path(candidate)
@@ -137,6 +155,9 @@ def load_dataset(name: str, split: str = "train", data_dir: str | None = None) -
     key = (name, split, data_dir)
     if key not in _CACHE:
         if name == "digits":
+            if data_dir is not None:
+                raise UserError(f"dataset 'digits' ships with scikit-learn and reads no folder; drop --data-dir "
+                                f"{data_dir!r}")
             _CACHE[key] = _digits(split)
         elif name == "fashion-mnist":
             _CACHE[key] = _fashion_mnist(split, data_dir)

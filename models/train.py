@@ -344,8 +344,44 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise UserError(f"--lr must be a positive number, got {args.lr}")
+    if out.suffix != ".safetensors":
+        raise UserError(f"--out {str(out)!r}: weights are written as .safetensors; name a file ending in .safetensors")
     return RunConfig(preset, args.steps or preset.steps, args.batch_size or preset.batch_size, args.lr or preset.lr,
                      args.seed, resolve_device(args.device), out, checkpoint, args.data_dir)
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint was saved at, or None when it cannot be read (train() then says why)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+    except Exception:
+        return None
+
+
+def refuse_overwrite(run: RunConfig, resume: Path | None, force: bool) -> None:
+    """Never replace weights, a card or a checkpoint this run did not write, unless --force.
+
+    Resuming may replace the weights its own checkpoint wrote (same preset, same step).
+    """
+    if force:
+        return
+    from models.weights import card_path
+
+    existing = [p for p in (run.out, card_path(run.out)) if p.exists()]
+    if existing and resume is not None:
+        from models.builtin import read_json
+
+        card = read_json(card_path(run.out)) or {}
+        if card.get("preset") == run.preset.name and card.get("steps_trained") == _checkpoint_step(resume):
+            existing = []
+    if existing:
+        raise UserError(f"{' and '.join(map(str, existing))} already exist(s) (shipped weights or an earlier run); "
+                        "pass --out NEW.safetensors to write elsewhere, or --force to replace them")
+    if run.checkpoint.exists() and (resume is None or run.checkpoint.resolve() != resume.resolve()):
+        raise UserError(f"checkpoint {str(run.checkpoint)!r} exists from an earlier run; continue it with --resume "
+                        f"{run.checkpoint}, or pass --checkpoint NEW.ckpt.pt, or --force to replace it")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -353,6 +389,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     run = run_config_from_args(args)
+    refuse_overwrite(run, Path(args.resume) if args.resume else None, args.force)
     path = train(run, Path(args.resume) if args.resume else None)
     print(f"wrote {path} and {path.with_suffix('.json')}")
     return 0
@@ -371,6 +408,8 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, help="weights path (.safetensors; default models/weights/PRESET)")
     parser.add_argument("--checkpoint", default=None, help="checkpoint path (default checkpoints/NAME.ckpt.pt)")
     parser.add_argument("--resume", default=None, help="continue from this checkpoint")
+    parser.add_argument("--force", action="store_true", help="replace existing weights, card or checkpoint "
+                        "(never done without it)")
     parser.add_argument("--seed", type=int, default=0, help="seed for init, batches, timesteps and noise")
     parser.add_argument("--data-dir", default=None, help="dataset folder (default: the dataset's usual place)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")

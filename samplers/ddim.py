@@ -45,7 +45,7 @@ def register_samplers(register):
     register(SamplerSpec(
         "ddim", sample_ddim, "DDIM (Song et al. 2021); eta=0 deterministic, eta=1 equals ancestral "
         "sampling with beta~ on the same timesteps",
-        {"eta": Param(0.0, "noise scale: 0 deterministic, 1 DDPM posterior variance"),
+        {"eta": Param(0.0, "noise scale: 0 deterministic, 1 DDPM posterior variance", low=0.0),
          "sigma_hat": Param(False, "use the paper's larger sigma^ = sqrt(1 - a_t/a_prev) instead of eta"),
          "plan": Param("uniform", "timestep plan", tuple(p for p in PLANS if p != "full"))},
         plan="uniform"))
