@@ -15,7 +15,7 @@ from bench.errors import UserError
 QUALITY_COLUMNS = (("fid", "FID"), ("oracle_fd", "Fréchet distance to the exact distribution"))
 TABLE_COLUMNS = ["sampler", "steps", "nfe", "wall_s", "s_per_image", "ms_per_nfe", "overhead_frac", "peak_mem_mb",
                  "fid", "fid_ci_low", "fid_ci_high", "fid_floor", "kid", "prc_precision", "prc_recall", "oracle_fd",
-                 "status"]
+                 "timing_spread", "busy", "status"]
 
 
 KEY_COLUMNS = ("sampler", "steps", "status")  # what every results.csv row has, whatever ran
@@ -136,6 +136,7 @@ def _plots(df: pd.DataFrame, quality: str | None, label: str, out_dir: Path) -> 
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
         sns.scatterplot(data=ok, x="wall_s", y=quality, hue="sampler", ax=ax)
+        spread_note = _wall_error_bars(ax, ok, quality)
         front = pareto_front(ok, "wall_s", quality)
         ax.plot(front["wall_s"], front[quality], color="black", lw=1, drawstyle="steps-post", label="Pareto frontier")
         ax.scatter(front["wall_s"], front[quality], s=90, facecolors="none", edgecolors="black")
@@ -143,7 +144,7 @@ def _plots(df: pd.DataFrame, quality: str | None, label: str, out_dir: Path) -> 
         ax.set_xlabel("sampling wall time for all images (s, log scale)")
         ax.set_ylabel(label)
         _log_y_if_wide(ax, ok[quality])
-        ax.set_title("Quality against wall time (circled: Pareto frontier)")
+        ax.set_title("Quality against wall time (circled: Pareto frontier)" + spread_note)
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         fig.savefig(plot_dir / "quality_vs_wall.png", dpi=120)
@@ -160,6 +161,23 @@ def _plots(df: pd.DataFrame, quality: str | None, label: str, out_dir: Path) -> 
         plt.close(fig)
         made.append("plots/overhead.png")
     return made
+
+
+def _wall_error_bars(ax, ok: pd.DataFrame, quality: str) -> str:
+    """Horizontal bars from the first to the third quartile of wall time over timed batches (bench.timing)."""
+    if not {"wall_s_q1", "wall_s_q3"} <= set(ok.columns) or ok["wall_s_q1"].isna().all():
+        return ""
+    low = (ok["wall_s"] - ok["wall_s_q1"]).clip(lower=0)
+    high = (ok["wall_s_q3"] - ok["wall_s"]).clip(lower=0)
+    ax.errorbar(ok["wall_s"], ok[quality], xerr=[low, high], fmt="none", ecolor="grey", elinewidth=1, capsize=2)
+    return "\n(bars: interquartile range of wall time over timed batches)"
+
+
+def timing_warnings(df: pd.DataFrame) -> list[str]:
+    """One line per configuration whose timing was taken on a busy machine or varied widely."""
+    from bench.timing import timing_warning
+    ok = df[df["status"] == "ok"]
+    return [w for w in (timing_warning(row) for row in ok.to_dict("records")) if w]
 
 
 def _fmt(value) -> str:
@@ -214,6 +232,11 @@ def build_report(out_dir: Path) -> Path:
 
     md = [f"# sampler-bench report: {out_dir.name}", "", header, "", "## Which sampler at which budget", ""]
     md += [f"- {s}" for s in sentences]
+    warnings = timing_warnings(df)
+    if warnings:
+        md += ["", "## Timing warnings", "", "Wall times below were measured while the machine was busy or varied "
+               "widely between batches; compare them with care (medians over batches, spread in the table).", ""]
+        md += [f"- {w}" for w in warnings]
     md += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     md += ["", "## Results", "", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     md += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
@@ -229,6 +252,8 @@ def build_report(out_dir: Path) -> Path:
 
     body = [f"<h1>sampler-bench report: {html.escape(out_dir.name)}</h1>", f"<p>{bold(header)}</p>",
             "<h2>Which sampler at which budget</h2><ul>"] + [f"<li>{bold(s)}</li>" for s in sentences] + ["</ul>"]
+    if warnings:
+        body += ["<h2>Timing warnings</h2><ul>"] + [f"<li>{html.escape(w)}</li>" for w in warnings] + ["</ul>"]
     body += ["<h2>Plots</h2>"] + [f'<img src="{p}" style="max-width:48%">' for p in plots]
     body += ["<h2>Results</h2>", table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}")]
     if not failed.empty:

@@ -11,6 +11,7 @@ import torch
 
 from bench.config import write_json_atomic
 from bench.errors import UserError
+from bench.timing import TIMING_COLUMNS as MEASURED_TIMING_COLUMNS
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
@@ -58,7 +59,9 @@ def prepare_out_dir(out: str | None, results_root: Path, model_name: str, resume
     return out_dir
 
 
-TIMING_COLUMNS = ["wall_s", "s_per_image", "ms_per_nfe", "net_s", "net_ms_per_call", "overhead_frac", "peak_mem_mb"]
+# what varies from one run of the same configuration to the next (bench.timing says how each is measured)
+TIMING_COLUMNS = list(dict.fromkeys(["wall_s", "s_per_image", "ms_per_nfe", "net_s", "net_ms_per_call",
+                                     "overhead_frac", "peak_mem_mb", *MEASURED_TIMING_COLUMNS]))
 
 
 def summary_table(out_dir: Path) -> str:
