@@ -29,6 +29,7 @@ from bench.results import (
     prepare_out_dir,
     save_grid,
     slug,
+    start_results_csv,
     summary_table,
     write_csv_atomic,
     write_run_config,
@@ -172,8 +173,12 @@ class Harness:
                           self.out_dir / "samples" / f"{self._file_stem(job)}.png")
             for _, acc in accumulators:
                 row.update(acc.compute())
-            row["status"] = "ok"
-        except KeyboardInterrupt:
+            row["status"] = "ok" if nfe == job.expected_nfe else "nfe_mismatch"
+            if nfe != job.expected_nfe:
+                row["error"] = (f"counted {nfe:g} network calls per image, the sampler declares {job.expected_nfe} "
+                                "(its nfe_per_step or nfe() is wrong, or it calls the network more than it says)")
+        except KeyboardInterrupt as exc:
+            exc.out_dir = self.out_dir  # the CLI says where the finished rows are
             raise
         except Exception as exc:  # a broken sampler is recorded, and the run goes on
             row.update(status="error", error=f"{type(exc).__name__}: {exc}")
@@ -277,7 +282,9 @@ def run_benchmark(config: RunConfig, registry: Registry, out: str | None = None,
         "jobs": [{"sampler": j.choice.label, "steps": j.steps, "guidance": j.guidance, "params": j.choice.params,
                   "timesteps": list(j.timesteps), "expected_nfe": j.expected_nfe} for j in jobs],
         "timing": timing_provenance(device, batch_size),
-        "started_utc": datetime.now(timezone.utc).isoformat(), **provenance(device_name(device))})
+        "started_utc": datetime.now(timezone.utc).isoformat(), **provenance(device_name(device))}, resume=resume)
+    if not resume:
+        start_results_csv(out_dir / "results.csv")
 
     harness = Harness(config, registry, out_dir, denoiser, device, model_name, num_samples, batch_size,
                       metric_specs, run_id, classes)

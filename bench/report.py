@@ -241,7 +241,7 @@ def build_report(out_dir: Path) -> Path:
     md += ["", "## Results", "", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     md += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
     if not failed.empty:
-        md += ["", "## Failed configurations", ""]
+        md += ["", "## Failed configurations (and NFE mismatches)", ""]
         md += [f"- {r['sampler']} @ {r['steps']}: {r['status']}: {r.get('error', '')}" for _, r in failed.iterrows()]
     md += ["", "## Sample grids (same seeds for every sampler)", ""] + [f"![{p}]({p})" for p in samples]
     _write_atomic(out_dir / "report.md", "\n".join(md) + "\n")
@@ -257,7 +257,7 @@ def build_report(out_dir: Path) -> Path:
     body += ["<h2>Plots</h2>"] + [f'<img src="{p}" style="max-width:48%">' for p in plots]
     body += ["<h2>Results</h2>", table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}")]
     if not failed.empty:
-        body += ["<h2>Failed configurations</h2><ul>"]
+        body += ["<h2>Failed configurations (and NFE mismatches)</h2><ul>"]
         body += [f"<li>{html.escape(str(r['sampler']))} @ {r['steps']}: {html.escape(str(r.get('error', '')))}</li>"
                  for _, r in failed.iterrows()] + ["</ul>"]
     body += ["<h2>Sample grids (same seeds for every sampler)</h2>"]
