@@ -77,7 +77,35 @@ def read_card(weights_path: str | Path) -> dict[str, Any]:
     if card["prediction_type"] not in PREDICTION_TYPES or card["time_input"] not in TIME_INPUTS:
         raise UserError(f"model card {str(path)!r}: prediction_type must be one of {PREDICTION_TYPES} and "
                         f"time_input one of {TIME_INPUTS}")
+    _check_card_values(card, path)
     return card
+
+
+def _is_count(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _check_card_values(card: dict[str, Any], path: Path) -> None:
+    """Field types, and the card's image shape and classes against its own network config."""
+    shape = card["image_shape"]
+    if not isinstance(shape, list) or len(shape) != 3 or not all(_is_count(v, 1) for v in shape):
+        raise UserError(f"model card {str(path)!r}: image_shape must be [channels, height, width] of positive "
+                        f"integers, got {shape!r}")
+    if not _is_count(card["num_classes"], 0):
+        raise UserError(f"model card {str(path)!r}: num_classes must be a non-negative integer, "
+                        f"got {card['num_classes']!r}")
+    for name in ("network_config", "schedule"):
+        if not isinstance(card[name], dict):
+            raise UserError(f"model card {str(path)!r}: {name} must be a JSON object, got {card[name]!r}")
+    config = card["network_config"]
+    expected = {"in_channels": shape[0], "image_size": shape[1] if shape[1] == shape[2] else None}
+    if "num_classes" in config or card["num_classes"]:  # labels reach only a network built for them
+        expected["num_classes"] = card["num_classes"]
+    for name, value in expected.items():
+        if (name in config or name == "num_classes") and config.get(name, 0) != value:
+            raise UserError(f"model card {str(path)!r}: image_shape {shape} and num_classes {card['num_classes']} "
+                            f"disagree with the network config's {name}={config[name]!r}; the card does not "
+                            "describe these weights")
 
 
 def _load_pickle_state(path: Path) -> dict[str, torch.Tensor]:
