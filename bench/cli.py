@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance scales w, a dimension of the matrix like --steps: eps = (1 + w) "
                    "eps(x, c) - w eps(x, null) (Ho & Salimans; diffusers' guidance_scale = 1 + w). Conditional "
                    "models only; default 0 (purely conditional)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the network once per model; compile time is reported in config.json "
+                   "and kept out of wall_s")
     p.add_argument("--classes", type=_step_list, default=(), metavar="K,K,...",
                    help="class labels to sample, image i gets classes[i mod len] (default: all classes, balanced)")
     p.add_argument("--model", help="registered model name, a .safetensors weight file, or a diffusers folder "

@@ -34,6 +34,7 @@ class RunConfig:
     plugins: tuple[str, ...] = field(default_factory=tuple)
     guidance: tuple[float, ...] = ()  # classifier-free guidance w (Ho & Salimans); () = 0 on conditional models
     classes: tuple[int, ...] = ()     # labels to cycle through; () = every class of a conditional model
+    compile: bool = False             # torch.compile the network (compile time kept out of wall_s)
 
     def to_dict(self) -> dict:
         return asdict(self)

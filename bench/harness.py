@@ -19,10 +19,11 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.config import RunConfig, provenance
-from bench.device import autocast_dtype, device_name, pick_device
+from bench.device import autocast_dtype, compile_network, device_name, pick_device, warm_up_network
 from bench.errors import UserError
 from bench.measure import CountingDenoiser, PeakMemory, synchronize
 from bench.noise import NoiseSource
+from bench.paired import PairedRowsWriter, save_reference
 from bench.registry import Registry
 from bench.results import (
     TIMING_COLUMNS,
@@ -131,6 +132,8 @@ class Harness:
             accumulators = [(spec.name, spec.create(self.denoiser, self._metric_context()))
                             for spec in self.metric_specs]
             accumulators = [(n, a) for n, a in accumulators if a is not None]
+            paired = paired_metric([a for _, a in accumulators])
+            writer = PairedRowsWriter(self.out_dir, self._file_stem(job), self.num_samples) if paired else None
             counter.reset()
             if progress is not None:
                 counter.on_call = lambda: progress.update(1)
@@ -148,6 +151,8 @@ class Harness:
                             acc.update(samples, labels=labels)
                         else:
                             acc.update(samples)
+                    if writer is not None:
+                        writer.add(start, paired.paired_rows(samples))
                     del samples
                 times.passes = 1
                 if counter.calls == 0:
@@ -173,6 +178,9 @@ class Harness:
                           self.out_dir / "samples" / f"{self._file_stem(job)}.png")
             for _, acc in accumulators:
                 row.update(acc.compute())
+            if writer is not None:
+                row["features_file"] = writer.close()
+                save_reference(self.out_dir, paired.paired_column, *paired.paired_reference())
             row["status"] = "ok" if nfe == job.expected_nfe else "nfe_mismatch"
             if nfe != job.expected_nfe:
                 row["error"] = (f"counted {nfe:g} network calls per image, the sampler declares {job.expected_nfe} "
@@ -227,6 +235,16 @@ class Harness:
                 "status": "pending", "error": ""}
 
 
+def paired_metric(accumulators: list):
+    """The accumulator whose per-image rows are saved for paired comparisons: FID's, else the oracle's."""
+    candidates = [a for a in accumulators if hasattr(a, "paired_rows")]
+    for column in ("fid", "oracle_fd"):
+        for acc in candidates:
+            if acc.paired_column == column:
+                return acc
+    return candidates[0] if candidates else None
+
+
 def load_model(arg: str, registry: Registry, device: torch.device):
     """A registered model name, or a path a registered model source opens (weight file, diffusers folder)."""
     return registry.load_model(arg, device)
@@ -235,6 +253,21 @@ def load_model(arg: str, registry: Registry, device: torch.device):
 def _guidance_of(row: dict) -> float | None:
     value = row.get("guidance")
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def _compile(config: RunConfig, denoiser, device: torch.device, jobs: list[Job], num_samples: int,
+             batch_size: int) -> dict:
+    """--compile: compile the network once per model and warm every batch shape up, outside every clock."""
+    if not config.compile:
+        return {"enabled": False}
+    if not compile_network(denoiser):
+        return {"enabled": False, "note": "the model has no torch network to compile"}
+    sizes = {batch_size, num_samples % batch_size or batch_size, max(1, min(config.trajectory_images, num_samples))}
+    factors = {2 if job.guidance else 1 for job in jobs}
+    seconds = warm_up_network(denoiser, [s * f for s in sizes for f in factors], autocast_dtype(config.precision,
+                                                                                                 device))
+    return {"enabled": True, "mode": "torch.compile(dynamic=False)", "compile_and_warm_up_s": seconds,
+            "batch_rows": sorted(s * f for s in sizes for f in factors)}
 
 
 def _model_defaults(config: RunConfig, device: torch.device) -> tuple[str, int, int]:
@@ -266,6 +299,7 @@ def run_benchmark(config: RunConfig, registry: Registry, out: str | None = None,
     guidance = validate_guidance(config.guidance, denoiser.num_classes)
     jobs = plan_jobs(choices, steps, denoiser.schedule, guidance)
     out_dir = prepare_out_dir(out, results_root, model_name, resume, force)
+    compile_info = _compile(config, denoiser, device, jobs, num_samples, batch_size)
 
     done: dict[tuple[str, int], dict] = {}
     if resume:
@@ -278,10 +312,10 @@ def run_benchmark(config: RunConfig, registry: Registry, out: str | None = None,
         "run_id": run_id, "config": dataclasses.replace(config, steps=steps).to_dict(), "model": model_name,
         "num_samples": num_samples, "batch_size": batch_size, "num_timesteps": denoiser.num_timesteps,
         "model_info": denoiser.info.__dict__, "schedule": getattr(denoiser.schedule.config, "__dict__", None),
-        "classes": list(classes) if classes else None,
+        "classes": list(classes) if classes else None, "compile": compile_info,
         "jobs": [{"sampler": j.choice.label, "steps": j.steps, "guidance": j.guidance, "params": j.choice.params,
                   "timesteps": list(j.timesteps), "expected_nfe": j.expected_nfe} for j in jobs],
-        "timing": timing_provenance(device, batch_size),
+        "timing": timing_provenance(device, batch_size, compiled=bool(compile_info.get("enabled"))),
         "started_utc": datetime.now(timezone.utc).isoformat(), **provenance(device_name(device))}, resume=resume)
     if not resume:
         start_results_csv(out_dir / "results.csv")
