@@ -1,8 +1,16 @@
 """The interface every sampler is written against, and the one place predictions are converted.
 
 A sampler calls `denoiser(x_t, t, cond=None)` and gets the noise prediction eps(x_t, t) for
-a batch with integer timesteps t in 0..T-1. Networks that predict x_0 or v, or that take
+a batch with timesteps t in 0..T-1. Networks that predict x_0 or v, or that take
 time as a float t/T (seed 002) rather than an integer index (seed 000), are adapted here.
+
+Noise levels between trained timesteps (EDM's round_sigma, Karras et al. 2022, App. C.3.4):
+a discrete-time model (`continuous_time = False`, every trained network here) only ever saw
+integer t, so a fractional t is rounded to the nearest trained timestep (half up), never
+truncated, and a solver that wants an intermediate noise level asks `round_time(t)` first and
+computes its coefficients from float64 alpha_bar at the rounded time, so they describe the
+noise level the network actually received. A continuous-time model (the Gaussian oracle,
+whose eps* is exact at any alpha_bar) sets `continuous_time = True` and gets t unchanged.
 """
 
 from __future__ import annotations
@@ -73,6 +81,8 @@ class DenoiserInfo:
 class Denoiser:
     """Wrap a network as eps(x_t, t, cond); subclasses may override `predict_eps` directly."""
 
+    continuous_time = False  # True: eps is defined at any real t (the oracle); False: trained integer t only
+
     def __init__(self, schedule: NoiseSchedule, info: DenoiserInfo, network: nn.Module | Callable | None = None,
                  time_input_kind: str = "index", device: torch.device | str = "cpu"):
         if info.prediction_type not in PREDICTION_TYPES:
@@ -112,13 +122,38 @@ class Denoiser:
         return self.network(x_t, time_arg, cond)
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """eps(x_t, t) for integer timesteps t of shape (B,)."""
+        """eps(x_t, t) for timesteps t of shape (B,): int64, or float64 for continuous-time models."""
         prediction = self.network_forward(x_t, t, cond)
+        if t.is_floating_point():  # continuous-time networks: alpha_bar between trained timesteps
+            rows = torch.arange(t.shape[0], device=t.device)  # alpha_bar per row, gathered row by row
+            return eps_from_prediction(prediction, x_t, rows, self.schedule.alpha_bar_of(t), self.info.prediction_type)
         return eps_from_prediction(prediction, x_t, t, self._alpha_bar, self.info.prediction_type)
 
+    def round_time(self, t: float) -> int | float:
+        """The time the model is evaluated at for a requested real t (see the module docstring).
+
+        Discrete-time models: the nearest trained timestep, half up, clamped to 0..T-1.
+        Continuous-time models: t itself.
+        """
+        if self.continuous_time:
+            return t
+        return min(max(math.floor(float(t) + 0.5), 0), self.num_timesteps - 1)
+
+    def model_time(self, t: int | float | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+        """t as the (B,) tensor `predict_eps` receives: int64 trained timesteps, or float64 real times
+        for continuous-time models. A fractional t is rounded as `round_time` does, never truncated."""
+        if isinstance(t, torch.Tensor):
+            t = t.to(device)
+        else:
+            t = torch.as_tensor(t, device=device, dtype=torch.float64 if isinstance(t, float) else torch.long)
+        if t.is_floating_point():
+            if self.continuous_time:
+                t = t.to(torch.float64)
+            else:
+                t = torch.floor(t.to(torch.float64) + 0.5).clamp_(0, self.num_timesteps - 1).long()
+        return t.expand(batch) if t.dim() == 0 else t
+
     @torch.no_grad()
-    def __call__(self, x_t: torch.Tensor, t: int | torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        t = torch.as_tensor(t, device=x_t.device, dtype=torch.long)
-        if t.dim() == 0:
-            t = t.expand(x_t.shape[0])
-        return self.predict_eps(x_t, t, cond)
+    def __call__(self, x_t: torch.Tensor, t: int | float | torch.Tensor,
+                 cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.predict_eps(x_t, self.model_time(t, x_t.shape[0], x_t.device), cond)

@@ -4,6 +4,10 @@ Every plan returns a strictly decreasing list of distinct timesteps in 0..T-1 of
 the requested length, so a first-order sampler asked for N steps makes exactly N network
 calls. (Common public code gives 31 steps when 30 are asked for, e.g. range(0, 1000, 33),
 or visits t=0 twice; the tests check every N from 1 to T for every plan here.)
+
+Plans defined by noise levels ('logsnr', 'karras') need the NoiseSchedule: they place N real
+times between T-1 and 0 (`logsnr_times`, `karras_times`, also used in continuous time by
+`bench.orders`) and round them to trained timesteps with `distinct_timesteps`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ import math
 from collections.abc import Callable, Sequence
 
 from bench.errors import UserError
+from bench.schedule import NoiseSchedule
+
+KARRAS_RHO = 7.0  # Karras et al. (2022), Eq. 5
 
 
 def _validate(num_timesteps: int, num_steps: int) -> None:
@@ -114,20 +121,104 @@ def sections_plan(num_timesteps: int, sections: str | Sequence[int]) -> list[int
     return ascending[::-1]
 
 
-PLANS: dict[str, Callable[[int, int], list[int]]] = {
+def logsnr_times(schedule: NoiseSchedule, num_steps: int) -> list[float]:
+    """N real times, T-1 down to 0, evenly spaced in lambda = log-SNR / 2 (Lu et al. 2022a, Sec. 3.4)."""
+    last = schedule.num_timesteps - 1
+    if num_steps == 1:
+        return [float(last)]
+    lam_max, lam_min = schedule.lambda_at(0), schedule.lambda_at(last)
+    lams = [lam_min + i / (num_steps - 1) * (lam_max - lam_min) for i in range(num_steps)]
+    return [float(last)] + [schedule.t_from_lambda(lam) for lam in lams[1:-1]] + [0.0]
+
+
+def karras_times(schedule: NoiseSchedule, num_steps: int, rho: float = KARRAS_RHO) -> list[float]:
+    """N real times for Karras et al.'s sigmas (2022, Eq. 5) from sigma(T-1) down to sigma(0).
+
+    sigma_i = (sigma_max^(1/rho) + i / (N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho.
+    """
+    if not rho > 0:
+        raise UserError(f"rho must be > 0 for the karras plan, got {rho}")
+    last = schedule.num_timesteps - 1
+    if num_steps == 1:
+        return [float(last)]
+    lo, hi = schedule.sigma_at(0) ** (1 / rho), schedule.sigma_at(last) ** (1 / rho)
+    sigmas = [(hi + i / (num_steps - 1) * (lo - hi)) ** rho for i in range(num_steps)]
+    return [float(last)] + [schedule.t_from_sigma(s) for s in sigmas[1:-1]] + [0.0]
+
+
+def distinct_timesteps(times: Sequence[float], num_timesteps: int) -> list[int]:
+    """Round decreasing real times T-1 .. 0 to N distinct trained timesteps, keeping both ends.
+
+    Each time is rounded to the nearest integer; where rounding makes a step collide with the
+    one after it (towards t = 0), that step moves up to the next free integer. Nothing moves
+    when nothing collides, and a move never passes the room the steps above it need.
+    """
+    num_steps = len(times)
+    ascending = [math.floor(float(t) + 0.5) for t in reversed(times)]  # half up, as Denoiser
+    out: list[int] = []
+    for i, t in enumerate(ascending):
+        t = min(max(t, i), num_timesteps - num_steps + i)  # leave room for the steps on either side
+        out.append(t if not out else max(t, out[-1] + 1))
+    return out[::-1]
+
+
+def logsnr_plan(schedule: NoiseSchedule, num_steps: int) -> list[int]:
+    """Evenly spaced in log-SNR from T-1 to 0, rounded to trained timesteps (DPM-Solver's 'logSNR')."""
+    _validate(schedule.num_timesteps, num_steps)
+    return distinct_timesteps(logsnr_times(schedule, num_steps), schedule.num_timesteps)
+
+
+def karras_plan(schedule: NoiseSchedule, num_steps: int, rho: float = KARRAS_RHO) -> list[int]:
+    """Karras et al.'s polynomial sigmas (rho = 7) from sigma(T-1) to sigma(0), rounded to timesteps."""
+    _validate(schedule.num_timesteps, num_steps)
+    return distinct_timesteps(karras_times(schedule, num_steps, rho), schedule.num_timesteps)
+
+
+def discrete_plan(num_timesteps: int, num_steps: int) -> list[int]:
+    """diff-sampler's 'discrete' schedule (for LDM / Stable Diffusion models) as its examples run it.
+
+    diff-sampler places steps uniformly in the network's own time index between the times of
+    sigma_max and sigma_min (schedule_rho=1 in its Stable Diffusion example; its formula leaves
+    the start un-rooted, so other rho values are not what it describes). Our plans already work
+    in the trained time index from T-1 to 0, so this is the time-uniform plan under that name.
+    """
+    return uniform_plan(num_timesteps, num_steps)
+
+
+PLANS: dict[str, Callable[..., list[int]]] = {
     "full": full_plan,
     "uniform": uniform_plan,
+    "time-uniform": uniform_plan,
     "quadratic": quadratic_plan,
     "linspace": linspace_plan,
     "leading": leading_plan,
     "trailing": trailing_plan,
+    "logsnr": logsnr_plan,
+    "karras": karras_plan,
+    "discrete": discrete_plan,
 }
+SCHEDULE_PLANS = ("logsnr", "karras")  # plans that read alpha_bar and so need the NoiseSchedule
+PLAN_OPTIONS = {"karras": ("rho",)}    # plan parameters, consumed here and never passed to samplers
 
 
-def make_plan(name: str, num_timesteps: int, num_steps: int | None) -> list[int]:
-    """Look a plan up by name and compute it (sections are handled by `sections_plan`)."""
+def make_plan(name: str, schedule_or_T: NoiseSchedule | int, num_steps: int | None, **options) -> list[int]:
+    """Look a plan up by name and compute it (sections are handled by `sections_plan`).
+
+    `schedule_or_T` is the NoiseSchedule, or just T for plans that only need the number of
+    timesteps. `options` are plan parameters such as rho; those a plan does not use are ignored.
+    """
     if name not in PLANS:
         raise UserError(f"unknown timestep plan {name!r}; expected one of {', '.join(PLANS)}")
+    if isinstance(schedule_or_T, NoiseSchedule):
+        schedule, num_timesteps = schedule_or_T, schedule_or_T.num_timesteps
+    else:
+        schedule, num_timesteps = None, int(schedule_or_T)
     if name == "full":
         return full_plan(num_timesteps, num_steps)
+    if name in SCHEDULE_PLANS:
+        if schedule is None:
+            raise UserError(f"timestep plan {name!r} places steps by noise level and needs the model's noise "
+                            f"schedule, not just T={num_timesteps}")
+        kwargs = {k: options[k] for k in PLAN_OPTIONS.get(name, ()) if options.get(k) is not None}
+        return PLANS[name](schedule, num_steps, **kwargs)
     return PLANS[name](num_timesteps, num_steps)

@@ -24,6 +24,8 @@ PLUGINS_ENV = "SAMPLER_BENCH_PLUGINS"  # os.pathsep-separated .py files
 DEFAULT_PLUGINS = (
     "samplers.ancestral",
     "samplers.ddim",
+    "samplers.karras",
+    "samplers.dpm_solver",
     "models.oracle",
     "models.builtin",
     "models.metrics",

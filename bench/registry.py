@@ -11,7 +11,7 @@ from typing import Any
 from bench.errors import UserError
 from bench.plans import make_plan, sections_plan
 
-PLAN_PARAMS = ("plan", "sections")  # parameters that choose timesteps rather than reach the sampler
+PLAN_PARAMS = ("plan", "sections", "rho")  # parameters that choose timesteps rather than reach the sampler
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -81,6 +81,9 @@ class SamplerSpec:
     `nfe_per_step` is the number of network calls per timestep the sampler visits; samplers whose
     cost is not steps x constant (Heun: 2N-1, warm-ups, AFS) give `nfe(timesteps, params) -> int`
     instead, so the expected NFE and progress bars stay exact. The harness's count is the truth.
+    `check(timesteps, params)`, when given, raises a one-line UserError for a plan or option
+    combination the sampler cannot run (e.g. too few steps); `timesteps()` calls it, so the
+    harness hears about it while planning jobs, before anything is written.
     """
 
     name: str
@@ -91,6 +94,7 @@ class SamplerSpec:
     nfe_per_step: int = 1
     plugin: str = ""
     nfe: Callable[[list, Mapping[str, Any]], int] | None = None
+    check: Callable[[list, Mapping[str, Any]], None] | None = None
 
     def resolve_params(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Defaults updated by `overrides`, each checked against its declaration."""
@@ -114,17 +118,24 @@ class SamplerSpec:
             return len(sections_plan(num_timesteps, params["sections"]))
         return None
 
-    def timesteps(self, num_timesteps, steps: int | None, params: Mapping[str, Any]) -> list[int]:
-        """The timestep plan for this sampler, parameters and step count (num_timesteps: T or the NoiseSchedule)."""
-        num_timesteps = getattr(num_timesteps, "num_timesteps", num_timesteps)
+    def timesteps(self, schedule_or_T, steps: int | None, params: Mapping[str, Any]) -> list[int]:
+        """The timestep plan for this sampler, parameters and step count.
+
+        Pass the model's NoiseSchedule; plans that only need T (uniform, quadratic, ...) also
+        accept T itself, and plans placed by noise level (logsnr, karras) say so if given only T.
+        """
+        num_timesteps = getattr(schedule_or_T, "num_timesteps", schedule_or_T)
         plan = self.plan_name(params)
         if plan == "sections":
             timesteps = sections_plan(num_timesteps, params["sections"])
             if steps is not None and steps != len(timesteps):
                 raise UserError(f"{self.name}: sections {params['sections']!r} give {len(timesteps)} steps, "
                                 f"not {steps}")
-            return timesteps
-        return make_plan(plan, num_timesteps, steps)
+        else:
+            timesteps = make_plan(plan, schedule_or_T, steps, rho=params.get("rho"))
+        if self.check is not None:
+            self.check(timesteps, params)
+        return timesteps
 
     def sampler_kwargs(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The parameters passed to `fn`: all but the plan ones, which the harness consumes."""

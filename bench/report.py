@@ -237,6 +237,10 @@ def build_report(out_dir: Path) -> Path:
         md += ["", "## Timing warnings", "", "Wall times below were measured while the machine was busy or varied "
                "widely between batches; compare them with care (medians over batches, spread in the table).", ""]
         md += [f"- {w}" for w in warnings]
+    from bench.paired import paired_report
+    paired = paired_report(out_dir, df, config)
+    if paired:
+        md += ["", "## Paired comparisons at equal NFE", "", paired[0], ""] + [f"- {s}" for s in paired[2:]]
     md += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     md += ["", "## Results", "", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     md += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
@@ -254,6 +258,9 @@ def build_report(out_dir: Path) -> Path:
             "<h2>Which sampler at which budget</h2><ul>"] + [f"<li>{bold(s)}</li>" for s in sentences] + ["</ul>"]
     if warnings:
         body += ["<h2>Timing warnings</h2><ul>"] + [f"<li>{html.escape(w)}</li>" for w in warnings] + ["</ul>"]
+    if paired:
+        body += ["<h2>Paired comparisons at equal NFE</h2>", f"<p>{html.escape(paired[0])}</p><ul>"]
+        body += [f"<li>{bold(s)}</li>" for s in paired[2:]] + ["</ul>"]
     body += ["<h2>Plots</h2>"] + [f'<img src="{p}" style="max-width:48%">' for p in plots]
     body += ["<h2>Results</h2>", table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}")]
     if not failed.empty:

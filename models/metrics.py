@@ -164,6 +164,16 @@ class FeatureMetrics:
         """Extract the batch's features; the images themselves are not kept."""
         self.rows.append(extract_features(self.extractor, samples))
 
+    paired_column = "fid"  # bench.paired: the column that paired_rows() and paired_reference() rebuild
+
+    def paired_rows(self, samples: torch.Tensor) -> torch.Tensor:
+        """The per-image rows of the batch just passed to update(): its feature rows."""
+        return self.rows[-1]
+
+    def paired_reference(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mu, sigma) the FID is taken against."""
+        return self.reference.mu, self.reference.sigma
+
     def features(self) -> torch.Tensor:
         """All feature rows seen so far, (N, D) float64."""
         return torch.cat(self.rows)
@@ -218,6 +228,16 @@ class OracleFD:
     def update(self, samples: torch.Tensor) -> None:
         """Add a batch's pixels to the streamed moments."""
         self.moments.update(samples)
+
+    paired_column = "oracle_fd"  # bench.paired: the column that paired_rows() and paired_reference() rebuild
+
+    def paired_rows(self, samples: torch.Tensor) -> torch.Tensor:
+        """The per-image rows of a batch: its flattened pixels."""
+        return samples.reshape(samples.shape[0], -1)
+
+    def paired_reference(self) -> tuple[np.ndarray, np.ndarray]:
+        """The mixture's exact (mean, covariance)."""
+        return self.truth.mean.numpy(), self.truth.covariance.numpy()
 
     def compute(self) -> dict[str, float]:
         """{'oracle_fd', 'mean_err', 'var_err'}."""

@@ -1,0 +1,230 @@
+"""Paired comparisons: FID differences between configurations that sampled the same images' noise.
+
+Every configuration of a run samples image i from the same random numbers (common random numbers),
+so two configurations' scores move together when the images are resampled: the difference is far
+less noisy than either score. The paired bootstrap resamples image indices once and applies the
+same resample to both configurations; the unpaired bootstrap (what two separate per-row intervals
+imply) resamples them independently. Both use the per-image rows the harness saves in
+features/<stem>.npy (feature rows for FID, pixel rows for the oracle's Fréchet distance) and the
+reference statistics in features/reference.npz, so `bench report` rebuilds them from the folder alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+FEATURES_DIR = "features"
+REFERENCE_FILE = "reference.npz"
+CONFIDENCE = 0.95
+RESAMPLES = 200
+
+
+class PairedRowsWriter:
+    """Streams one configuration's per-image rows into features/<stem>.npy (float32) as batches arrive.
+
+    The file is a memory-mapped .npy of shape (num_images, D): nothing holds all rows in memory.
+    Row i is image i; the image indices are written next to it as <stem>.idx.npy.
+    """
+
+    def __init__(self, out_dir: Path, stem: str, num_images: int):
+        self.folder = Path(out_dir) / FEATURES_DIR
+        self.stem = stem
+        self.num_images = num_images
+        self.rows: np.memmap | None = None
+        self.tmp = self.folder / f"{stem}.tmp.npy"
+
+    def add(self, start: int, rows: torch.Tensor) -> None:
+        """Write the rows of images start, start + 1, ..."""
+        rows = rows.detach().reshape(rows.shape[0], -1).to("cpu", torch.float32).numpy()
+        if self.rows is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.rows = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32,
+                                                  shape=(self.num_images, rows.shape[1]))
+        self.rows[start:start + len(rows)] = rows
+
+    def close(self) -> str | None:
+        """Flush and move the file into place; returns its path relative to the results folder."""
+        if self.rows is None:
+            return None
+        self.rows.flush()
+        del self.rows
+        self.rows = None
+        np.save(self.folder / f"{self.stem}.idx.npy", np.arange(self.num_images, dtype=np.int64))
+        self.tmp.replace(self.folder / f"{self.stem}.npy")
+        return f"{FEATURES_DIR}/{self.stem}.npy"
+
+
+def save_reference(out_dir: Path, column: str, mu: np.ndarray, sigma: np.ndarray) -> None:
+    """The statistics the paired rows are compared against (FID's reference, or the oracle's exact moments)."""
+    folder = Path(out_dir) / FEATURES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "reference.tmp.npz"
+    np.savez(tmp, column=np.array(column), mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
+    tmp.replace(folder / REFERENCE_FILE)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Mean and covariance the Fréchet distance is taken against (what models.metrics.weighted_fid needs)."""
+
+    column: str
+    mu: np.ndarray
+    sigma: np.ndarray
+
+
+def load_reference(out_dir: Path) -> Reference | None:
+    path = Path(out_dir) / FEATURES_DIR / REFERENCE_FILE
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        return Reference(str(data["column"]), data["mu"], data["sigma"])
+
+
+def resample_counts(num_images: int, resamples: int, seed: int) -> torch.Tensor:
+    """(resamples, num_images) multiplicities of image indices drawn with replacement, seeded."""
+    generator = torch.Generator().manual_seed(seed)
+    drawn = torch.randint(num_images, (resamples, num_images), generator=generator)
+    return torch.zeros(resamples, num_images, dtype=torch.float64).scatter_add_(
+        1, drawn, torch.ones(resamples, num_images, dtype=torch.float64))
+
+
+def bootstrap_distances(rows: torch.Tensor, counts: torch.Tensor, reference: Reference) -> torch.Tensor:
+    """Fréchet distance of every row-weighting in `counts` (one per resample) against the reference."""
+    from models.metrics import weighted_fid
+    return weighted_fid(rows, counts, reference)
+
+
+def shifted_interval(point: float, values: torch.Tensor, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Percentile interval of bootstrap values, shifted so their median is `point` (resampling with
+    duplicates biases a Fréchet distance upwards; the shift removes that bias as the per-row CI does)."""
+    values = values.numpy()
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    shift = float(np.median(values)) - point
+    return float(low - shift), float(high - shift)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    a: str
+    b: str
+    diff: float
+    paired: tuple[float, float]
+    unpaired: tuple[float, float]
+    same_samples: bool = False  # the two configurations' rows agree to float32 rounding (equivalent samplers)
+
+    @property
+    def significant(self) -> bool:
+        """The paired interval excludes zero, and the difference is not float rounding between equal samples."""
+        return not self.same_samples and (self.paired[0] > 0 or self.paired[1] < 0)
+
+    @property
+    def width_ratio(self) -> float:
+        """Paired interval width over unpaired width (below 1: pairing made the comparison sharper)."""
+        unpaired = self.unpaired[1] - self.unpaired[0]
+        return (self.paired[1] - self.paired[0]) / unpaired if unpaired > 0 else math.nan
+
+
+def compare_rows(rows: dict[str, torch.Tensor], points: dict[str, float], reference: Reference,
+                 resamples: int = RESAMPLES, seed: int = 0) -> list[Comparison]:
+    """Every pair of configurations: the difference of their distances, with paired and unpaired intervals.
+
+    `rows` maps a configuration label to its (N, D) per-image rows (the same N images for all);
+    `points` to its reported distance. Paired: one set of resampled indices for all configurations.
+    Unpaired: an independent set per configuration.
+    """
+    sizes = {len(r) for r in rows.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"paired rows must cover the same images; got {sorted(sizes)} rows")
+    n = sizes.pop()
+    shared = resample_counts(n, resamples, seed)
+    joint = {label: bootstrap_distances(r, shared, reference) for label, r in rows.items()}
+    alone = {label: bootstrap_distances(r, resample_counts(n, resamples, seed + 1 + i), reference)
+             for i, (label, r) in enumerate(rows.items())}
+    out = []
+    for a, b in itertools.combinations(rows, 2):
+        diff = points[a] - points[b]
+        out.append(Comparison(a, b, diff, shifted_interval(diff, joint[a] - joint[b]),
+                              shifted_interval(diff, alone[a] - alone[b]), same_rows(rows[a], rows[b])))
+    return out
+
+
+def same_rows(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4) -> bool:
+    """Whether two configurations produced the same per-image rows up to float32 rounding."""
+    scale = float(torch.maximum(a.abs().max(), b.abs().max())) if a.numel() else 0.0
+    return bool((a - b).abs().max() <= rtol * max(scale, 1e-12)) if a.numel() else True
+
+
+def _label(row: pd.Series) -> str:
+    guidance = row.get("guidance")
+    guided = "" if guidance is None or (isinstance(guidance, float) and math.isnan(guidance)) else f", w={guidance:g}"
+    return f"{row['sampler']} @ {int(row['steps'])}{guided}"
+
+
+def paired_table(out_dir: Path, df: pd.DataFrame, resamples: int = RESAMPLES, seed: int = 0) -> pd.DataFrame:
+    """Paired comparisons of the folder's ok rows at the same NFE (and guidance): one line per pair."""
+    out_dir = Path(out_dir)
+    reference = load_reference(out_dir)
+    columns = ["nfe", "guidance", "a", "b", "column", "diff", "paired_low", "paired_high", "unpaired_low",
+               "unpaired_high", "width_ratio", "significant", "same_samples"]
+    if reference is None or "features_file" not in df.columns or reference.column not in df.columns:
+        return pd.DataFrame(columns=columns)
+    ok = df[(df["status"] == "ok") & df["features_file"].notna() & df[reference.column].notna()]
+    ok = ok.assign(guidance=pd.to_numeric(ok["guidance"], errors="coerce") if "guidance" in ok else math.nan)
+    lines = []
+    for (nfe, guidance), group in ok.groupby(["nfe", ok["guidance"].fillna(-1.0)], sort=True):
+        if len(group) < 2:
+            continue
+        group = group.sort_values(reference.column)
+        rows = {_label(r): torch.from_numpy(np.load(out_dir / r["features_file"])) for _, r in group.iterrows()}
+        points = {_label(r): float(r[reference.column]) for _, r in group.iterrows()}
+        for c in compare_rows(rows, points, reference, resamples, seed):
+            lines.append({"nfe": nfe, "guidance": None if guidance == -1.0 else guidance, "a": c.a, "b": c.b,
+                          "column": reference.column, "diff": c.diff, "paired_low": c.paired[0],
+                          "paired_high": c.paired[1], "unpaired_low": c.unpaired[0], "unpaired_high": c.unpaired[1],
+                          "width_ratio": c.width_ratio, "significant": c.significant,
+                          "same_samples": c.same_samples})
+    return pd.DataFrame(lines, columns=columns)
+
+
+def paired_sentences(table: pd.DataFrame) -> list[str]:
+    """Plain lines for the report: each difference, its paired 95% interval, and whether it is significant."""
+    if table.empty:
+        return []
+    out = []
+    for _, r in table.iterrows():
+        verdict = ("the same samples up to float rounding" if r["same_samples"] else
+                   f"**{r['a']} is better**" if r["significant"] and r["diff"] < 0 else
+                   f"**{r['b']} is better**" if r["significant"] else "not significant")
+        out.append(f"NFE {r['nfe']:g}: {r['a']} minus {r['b']} = {r['diff']:.4g} {r['column']}, paired 95% CI "
+                   f"[{r['paired_low']:.4g}, {r['paired_high']:.4g}] (unpaired [{r['unpaired_low']:.4g}, "
+                   f"{r['unpaired_high']:.4g}], {r['width_ratio']:.2f}x as wide): {verdict}")
+    return out
+
+
+def paired_report(out_dir: Path, df: pd.DataFrame, config: dict) -> list[str]:
+    """Write paired.csv in the folder and return the report's lines (empty when there is nothing to pair)."""
+    settings = config.get("config", {}) if isinstance(config, dict) else {}
+    resamples = int(settings.get("bootstrap") or RESAMPLES)
+    table = paired_table(out_dir, df, resamples=resamples, seed=int(settings.get("seed") or 0))
+    if table.empty:
+        return []
+    tmp = Path(out_dir) / "paired.csv.tmp"
+    table.to_csv(tmp, index=False)
+    tmp.replace(Path(out_dir) / "paired.csv")
+    narrower = table[~table["same_samples"]]["width_ratio"]
+    summary = (f"Across {len(narrower)} pairs the paired interval is {narrower.median():.2f}x as wide as the unpaired "
+               "one (median); it is narrowest between samplers whose samples stay close (deterministic ones), and "
+               "about as wide between a deterministic and a stochastic sampler.") if len(narrower) else ""
+    guided = "guidance" in df and pd.to_numeric(df["guidance"], errors="coerce").notna().any()
+    return [f"Differences between configurations at the same NFE{' and guidance' if guided else ''}, "
+            f"with 95% paired bootstrap intervals ({resamples} resamples of the image indices, the same for both "
+            "configurations: every configuration sampled the same images' noise). Significant: the paired "
+            f"interval excludes 0. {summary} All pairs: paired.csv.", ""] + paired_sentences(table)
