@@ -28,6 +28,7 @@ from bench.schedule import NoiseSchedule, ScheduleConfig
 from models.networks import build_network, network_config, time_input_kind
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+LOSS_READ_EVERY = 50  # steps between reads of the loss: reading it makes the host wait for the device
 CHECKPOINT_DIR = Path("checkpoints")
 
 
@@ -209,18 +210,26 @@ class RunConfig:
     out: Path
     checkpoint: Path
     data_dir: str | None
+    compile: bool = False                # torch.compile the training forward pass
+    time_limit_s: float | None = None    # checkpoint and stop cleanly before this much wall time
 
 
 def training_step(state: TrainState, run: RunConfig, schedule: NoiseSchedule, images: torch.Tensor,
-                  labels: torch.Tensor, time_kind: str) -> float:
-    """One optimizer step on a random batch; returns the loss. Randomness comes from state.generator."""
+                  labels: torch.Tensor, time_kind: str, forward: nn.Module | None = None) -> torch.Tensor:
+    """One optimizer step on a random batch; returns the loss as a detached tensor (no host sync).
+
+    Randomness comes from state.generator, which lives on the training device, as do `images` and
+    `labels`: batch indices, timesteps, noise and label dropout are drawn there, with no host work.
+    `forward` is the (possibly compiled) model to call; it defaults to state.model.
+    """
     preset, gen = run.preset, state.generator
-    index = torch.randint(images.shape[0], (run.batch_size,), generator=gen)
-    t = torch.randint(schedule.num_timesteps, (run.batch_size,), generator=gen)
-    eps = torch.randn((run.batch_size, *images.shape[1:]), generator=gen)
+    device = gen.device
+    index = torch.randint(images.shape[0], (run.batch_size,), generator=gen, device=device)
+    t = torch.randint(schedule.num_timesteps, (run.batch_size,), generator=gen, device=device)
+    eps = torch.randn((run.batch_size, *images.shape[1:]), generator=gen, device=device)
     cond = None
     if preset.conditional:
-        drop = torch.rand(run.batch_size, generator=gen) < preset.label_dropout
+        drop = torch.rand(run.batch_size, generator=gen, device=device) < preset.label_dropout
         cond = torch.where(drop, torch.full_like(labels[index], preset.network["num_classes"]), labels[index])
         cond = cond.to(run.device)
     x0, t, eps = images[index].to(run.device), t.to(run.device), eps.to(run.device)
@@ -228,7 +237,7 @@ def training_step(state: TrainState, run: RunConfig, schedule: NoiseSchedule, im
     for group in state.optimizer.param_groups:
         group["lr"] = lr_at(state.step, run.lr, preset.warmup_steps, run.steps)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
-        prediction = state.model(x_t, time_input(t, schedule.num_timesteps, time_kind), cond)
+        prediction = (forward or state.model)(x_t, time_input(t, schedule.num_timesteps, time_kind), cond)
     loss = F.mse_loss(prediction.float(), eps)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -236,7 +245,7 @@ def training_step(state: TrainState, run: RunConfig, schedule: NoiseSchedule, im
     state.optimizer.step()
     update_ema(state.ema, state.model, ema_decay_at(state.step, preset.ema_decay))
     state.step += 1
-    return float(loss.detach())
+    return loss.detach()
 
 
 def make_state(run: RunConfig) -> TrainState:
@@ -245,7 +254,7 @@ def make_state(run: RunConfig) -> TrainState:
     model = build_network(run.preset.architecture, run.preset.network).to(run.device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=run.preset.weight_decay)
-    return TrainState(model, ema, optimizer, torch.Generator().manual_seed(run.seed))
+    return TrainState(model, ema, optimizer, torch.Generator(device=run.device).manual_seed(run.seed))
 
 
 def command_line(run: RunConfig) -> str:
@@ -289,25 +298,57 @@ def train(run: RunConfig, resume: Path | None = None) -> Path:
     schedule_config = preset.schedule
     schedule = NoiseSchedule.from_config(schedule_config)
     images, labels = load_training_data(preset, run.data_dir)
+    images, labels = images.to(run.device), labels.to(run.device)  # loaded onto the device once
     time_kind = time_input_kind(preset.architecture)
     state = make_state(run)
     if resume is not None:
         load_checkpoint(state, resume, preset.name)
     state.model.train()
+    forward = torch.compile(state.model) if run.compile else state.model
     bar = tqdm(total=run.steps, initial=state.step, desc=f"train {preset.name}", mininterval=5, dynamic_ncols=True)
-    started = time.perf_counter() - state.wall_time_s
+    session_start = time.perf_counter()
+    started = session_start - state.wall_time_s
+    pending: list[torch.Tensor] = []  # losses still on the device; read in one sync every LOSS_READ_EVERY steps
+
+    def read_losses() -> None:
+        if pending:
+            state.recent_losses = (state.recent_losses + torch.stack(pending).tolist())[-200:]
+            pending.clear()
+            bar.set_postfix(loss=f"{sum(state.recent_losses) / len(state.recent_losses):.4f}", refresh=False)
+
+    def save() -> None:
+        read_losses()
+        state.wall_time_s = time.perf_counter() - started
+        save_checkpoint(state, run.checkpoint, preset.name)
+        write_weights(state, run, schedule_config, images)
+
+    first_step = state.step
     while state.step < run.steps:
-        loss = training_step(state, run, schedule, images, labels, time_kind)
-        state.recent_losses = (state.recent_losses + [loss])[-200:]
+        pending.append(training_step(state, run, schedule, images, labels, time_kind, forward))
         bar.update(1)
-        bar.set_postfix(loss=f"{sum(state.recent_losses) / len(state.recent_losses):.4f}", refresh=False)
+        if len(pending) >= LOSS_READ_EVERY:
+            read_losses()
         if state.step % preset.checkpoint_every == 0 or state.step == run.steps:
-            state.wall_time_s = time.perf_counter() - started
-            save_checkpoint(state, run.checkpoint, preset.name)
-            write_weights(state, run, schedule_config, images)
+            save()
+        elif run.time_limit_s is not None:
+            elapsed = time.perf_counter() - session_start
+            per_step = elapsed / (state.step - first_step)
+            if elapsed + time_limit_reserve(run.time_limit_s, per_step) >= run.time_limit_s:
+                save()
+                bar.close()
+                print(f"time limit: stopped at step {state.step} of {run.steps} after {elapsed / 60:.1f} min; "
+                      f"checkpoint {run.checkpoint}; continue with the same command plus --resume {run.checkpoint}")
+                return run.out
     bar.close()
+    read_losses()
     state.wall_time_s = time.perf_counter() - started
     return write_weights(state, run, schedule_config, images)
+
+
+def time_limit_reserve(limit_s: float, seconds_per_step: float) -> float:
+    """Seconds kept free before --time-limit for the last steps and the checkpoint: 5% of the limit
+    (at most a minute) plus two steps."""
+    return min(60.0, 0.05 * limit_s) + 2 * seconds_per_step
 
 
 # --------------------------------------------------------------------------- sample grids
@@ -348,8 +389,11 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         raise UserError(f"--lr must be a positive number, got {args.lr}")
     if out.suffix != ".safetensors":
         raise UserError(f"--out {str(out)!r}: weights are written as .safetensors; name a file ending in .safetensors")
+    if args.time_limit is not None and not (math.isfinite(args.time_limit) and args.time_limit > 0):
+        raise UserError(f"--time-limit must be a positive number of minutes, got {args.time_limit}")
     return RunConfig(preset, args.steps or preset.steps, args.batch_size or preset.batch_size, args.lr or preset.lr,
-                     args.seed, resolve_device(args.device), out, checkpoint, args.data_dir)
+                     args.seed, resolve_device(args.device), out, checkpoint, args.data_dir, bool(args.compile),
+                     None if args.time_limit is None else 60.0 * args.time_limit)
 
 
 def _checkpoint_step(path: Path) -> int | None:
@@ -413,6 +457,10 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed for init, batches, timesteps and noise")
     parser.add_argument("--data-dir", default=None, help="dataset folder (default: the dataset's usual place)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the training forward pass")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                        help="write a checkpoint and exit cleanly before this many minutes (continue with --resume), "
+                        "as under a cluster's wall-clock limit per job")
     parser.set_defaults(func=run_train)
     return parser
 

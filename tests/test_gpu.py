@@ -79,3 +79,11 @@ def test_end_to_end_fashion_mnist_run_on_cuda(tmp_path):
     assert (df["mem_kind"] == "cuda_max_allocated").all() and df["fid"].notna().all()
     config = json.loads((out / "config.json").read_text())
     assert config["compile"]["enabled"] and config["device_name"] == torch.cuda.get_device_name(CUDA)
+
+
+def test_compiled_training_on_cuda_writes_weights(tmp_path):
+    out = tmp_path / "smoke.safetensors"
+    assert main(["train", "--preset", "smoke", "--device", "cuda", "--compile", "--out", str(out),
+                 "--checkpoint", str(tmp_path / "smoke.ckpt.pt")]) == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["steps_trained"] == 6 and card["device"] == torch.cuda.get_device_name(CUDA)

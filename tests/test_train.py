@@ -96,3 +96,28 @@ def test_ema_update_is_the_weighted_average():
     update_ema(ema, model, 0.9)
     assert all(torch.allclose(e, x) for e, x in zip(ema.parameters(), expected, strict=True))
     assert ema_decay_at(0, 0.999) == pytest.approx(0.1) and ema_decay_at(10**6, 0.999) == 0.999
+
+
+def test_time_limit_checkpoints_and_stops_then_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, capsys):
+    run_smoke(tmp_path, "full")
+    # A limit no step fits in: the run stops cleanly after its first step, with a checkpoint and weights.
+    monkeypatch.setattr(train_module, "time_limit_reserve", lambda limit_s, per_step: 1e9)
+    card = run_smoke(tmp_path, "limited", "--time-limit", "1")
+    assert card["steps_trained"] == 1
+    assert "--resume" in capsys.readouterr().out
+    monkeypatch.undo()
+    card = run_smoke(tmp_path, "limited", "--resume", str(tmp_path / "limited.ckpt.pt"))
+    assert card["steps_trained"] == 6
+    full, resumed = load_state(tmp_path / "full.safetensors"), load_state(tmp_path / "limited.safetensors")
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_time_limit_must_be_a_positive_number_of_minutes(tmp_path, value):
+    with pytest.raises(UserError, match="--time-limit"):
+        run_smoke(tmp_path, "bad", "--time-limit", value)
+
+
+def test_time_limit_reserve_keeps_room_for_two_steps_and_a_checkpoint():
+    assert train_module.time_limit_reserve(600, 0.5) == pytest.approx(30 + 1.0)
+    assert train_module.time_limit_reserve(7200, 0.1) == pytest.approx(60 + 0.2)
