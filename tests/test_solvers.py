@@ -6,9 +6,14 @@ import pytest
 import torch
 
 from bench.denoiser import Denoiser, DenoiserInfo
-from bench.orders import fit_order
+from bench.errors import UserError
+from bench.measure import CountingDenoiser
+from bench.ode import step_order
+from bench.orders import ORDER_CASES, fit_order, measure
+from bench.plans import logsnr_times
 from bench.schedule import NoiseSchedule
 from models.oracle import OracleDenoiser, make_gaussian, make_mixture
+from tests.helpers import run_sampler
 
 T = 1000
 
@@ -91,3 +96,158 @@ def test_fit_order_recovers_a_known_power_and_ignores_round_off():
     nfe = [20, 40, 80, 160, 320]
     assert fit_order(nfe, [3.0 * n**-2.0 for n in nfe]) == pytest.approx(2.0)
     assert fit_order(nfe, [n**-3.0 for n in nfe[:3]] + [1e-15, 1e-15]) == pytest.approx(3.0)
+
+
+# ----------------------------------------------------------------------------- solvers: orders of accuracy
+
+ORDER_STEPS = (20, 40, 80, 160, 320)
+MY_CASES = [c for c in ORDER_CASES if c.label in ("ddim", "euler", "heun", "dpm-solver-2", "dpmpp-2m", "dpmpp-3m")]
+
+
+@pytest.fixture(scope="module")
+def single(registry):
+    return registry.model("gaussian-single").load("cpu")
+
+
+@pytest.mark.parametrize("case", [c for c in MY_CASES if c.nominal < 3], ids=lambda c: c.label)
+def test_measured_order_equals_the_nominal_order_on_the_exact_gaussian_flow(case, registry, single):
+    result = measure(case, registry, single, ORDER_STEPS, num_images=8)
+    own = result.seeded_order if result.seeded_order is not None else result.order
+    assert abs(own - case.nominal) < 0.3, f"{case.label}: own order {own:.2f}"
+    assert abs(result.order - case.nominal) < 0.3, f"{case.label}: order with warm-up {result.order:.2f}"
+
+
+def test_third_order_multistep_is_at_least_third_order_on_the_gaussian(registry, single):
+    """On a single Gaussian its h^3 error term nearly cancels (x0 is almost constant in lambda along exact
+    trajectories), so it measures ~4 over NFE 20-320; the mixture test below shows the asymptotic 3."""
+    result = measure(next(c for c in MY_CASES if c.label == "dpmpp-3m"), registry, single, ORDER_STEPS, 8)
+    assert result.seeded_order > 2.7 and result.order > 2.7
+
+
+def _final_state(spec, params, denoiser, x_T, steps):
+    seen = {}
+    spec.fn(denoiser, x_T, logsnr_times(denoiser.schedule, steps), None, callback=seen.update,
+            **spec.sampler_kwargs(params))
+    return seen["x"]
+
+
+@pytest.mark.parametrize("order,nominal", [(2, 2), (3, 3)])
+def test_third_order_and_2m_converge_at_their_order_on_a_mixture_against_a_fine_reference(registry, oracle, order,
+                                                                                           nominal):
+    spec = registry.samplers["dpm-solver++"]
+    params = spec.resolve_params({"order": order})
+    x_T = torch.randn(8, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    reference = _final_state(spec, spec.resolve_params({"order": 3}), oracle, x_T, 2560)
+    nfe = [80, 160, 320]
+    errors = [float((_final_state(spec, params, oracle, x_T, n) - reference).pow(2).mean().sqrt()) for n in nfe]
+    assert abs(fit_order(nfe, errors) - nominal) < 0.3
+
+
+# ----------------------------------------------------------------------------- solvers: exact identities
+
+def _run(registry, name, overrides, denoiser, steps, images=torch.arange(8), **kw):
+    spec = registry.samplers[name]
+    return run_sampler(spec, spec.resolve_params(overrides), denoiser, steps, images, dtype=torch.float64, **kw)
+
+
+@pytest.mark.parametrize("plan", ["uniform", "karras", "logsnr"])
+def test_euler_in_edm_variables_is_ddim_on_the_same_plan(registry, oracle, plan):
+    euler, t1 = _run(registry, "euler", {"plan": plan}, oracle, 12)
+    ddim, t2 = _run(registry, "ddim", {"plan": plan}, oracle, 12)
+    assert t1 == t2 and torch.allclose(euler, ddim, rtol=0, atol=1e-10)
+
+
+def test_first_order_dpm_solver_pp_is_ddim(registry, oracle):
+    dpm, _ = _run(registry, "dpm-solver++", {"order": 1}, oracle, 15)
+    ddim, _ = _run(registry, "ddim", {"plan": "logsnr"}, oracle, 15)
+    assert torch.allclose(dpm, ddim, rtol=0, atol=1e-10)
+
+
+def test_lower_order_final_and_warm_up_orders_on_a_short_plan():
+    assert [step_order(3, i, 5, 0, True) for i in range(5)] == [1, 2, 3, 2, 1]
+    assert [step_order(3, i, 5, 0, False) for i in range(5)] == [1, 2, 3, 3, 3]
+    assert [step_order(3, i, 20, 2, True) for i in range(3)] == [3, 3, 3]
+
+
+@pytest.mark.parametrize("name", ["dpm-solver++", "dpm-solver-2", "heun", "euler"])
+def test_afs_saves_exactly_one_call_and_stays_close(registry, oracle, name):
+    counter = CountingDenoiser(oracle)
+    with_afs, timesteps = _run(registry, name, {"afs": True}, counter, 10)
+    spec = registry.samplers[name]
+    assert counter.calls == spec.expected_nfe(timesteps, {"afs": False}) - 1
+    without, _ = _run(registry, name, {}, oracle, 10)
+    assert (with_afs - without).abs().max() < 0.05
+
+
+class DiscreteOracle(OracleDenoiser):
+    """The oracle as a discrete-time model, recording every timestep it is evaluated at."""
+
+    continuous_time = False
+
+    def __init__(self, mixture):
+        super().__init__(mixture)
+        self.seen = []
+
+    def predict_eps(self, x_t, t, cond=None):
+        self.seen += t.unique().tolist()
+        assert not t.is_floating_point()
+        return super().predict_eps(x_t, t, cond)
+
+
+@pytest.mark.parametrize("name,overrides", [("dpm-solver-2", {}), ("edm-stochastic", {"s_tmin": 0.0})])
+def test_intermediate_levels_on_a_discrete_model_are_trained_timesteps(registry, name, overrides):
+    model = DiscreteOracle(make_mixture(8))
+    x, timesteps = _run(registry, name, overrides, model, 8)
+    assert bool(torch.isfinite(x).all())
+    extra = set(model.seen) - set(timesteps)
+    assert extra and all(isinstance(t, int) and 0 <= t < T for t in extra)
+
+
+def test_dpm_solver_2_midpoint_is_the_rounded_log_snr_midpoint(registry):
+    model = DiscreteOracle(make_mixture(8))
+    _, timesteps = _run(registry, "dpm-solver-2", {}, model, 6)
+    s = model.schedule
+    mids = {min(model.round_time(s.t_from_lambda((s.lambda_at(a) + s.lambda_at(b)) / 2)), a - 1)
+            for a, b in zip(timesteps, timesteps[1:])}
+    assert set(model.seen) == set(timesteps) | mids
+
+
+# ----------------------------------------------------------------------------- stochastic solvers
+
+@pytest.mark.parametrize("name,overrides", [("edm-stochastic", {"s_noise": 1.0}), ("dpm-solver++-sde", {})])
+def test_stochastic_solver_moments_approach_the_oracle_as_steps_grow(registry, oracle, name, overrides):
+    n = 3000
+    target_var = oracle.mixture.covariance().diag()
+    errors = []
+    for steps in (5, 25, 150):
+        x, _ = _run(registry, name, overrides, oracle, steps, images=torch.arange(n))
+        flat = x.view(n, -1)
+        errors.append(float((flat.var(0) - target_var).abs().mean() + (flat.mean(0) - oracle.mixture.mean()).abs()
+                            .mean()))
+    assert errors[0] > errors[2] and errors[2] < 0.02
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("name,overrides,match", [
+    ("dpm-solver++", {"order": 4}, "order"),
+    ("dpm-solver++-sde", {"order": 3}, "order"),
+    ("heun", {"plan": "full"}, "plan"),
+    ("euler", {"rho": 0}, "rho"),
+])
+def test_bad_solver_options_are_one_line_errors_naming_the_option(registry, name, overrides, match):
+    with pytest.raises(UserError, match=match) as info:
+        registry.samplers[name].resolve_params(overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_afs_with_one_step_is_refused_while_planning(registry):
+    spec = registry.samplers["dpm-solver++"]
+    with pytest.raises(UserError, match="afs"):
+        spec.timesteps(NoiseSchedule.linear(T), 1, spec.resolve_params({"afs": True}))
+
+
+def test_a_noise_level_plan_needs_the_schedule(registry):
+    spec = registry.samplers["dpm-solver++"]
+    with pytest.raises(UserError, match="schedule"):
+        spec.timesteps(T, 10, spec.resolve_params())
