@@ -26,6 +26,7 @@ DEFAULT_PLUGINS = (
     "samplers.ddim",
     "samplers.karras",
     "samplers.dpm_solver",
+    "samplers.unipc", "samplers.deis", "samplers.pndm",
     "models.oracle",
     "models.builtin",
     "models.metrics",

@@ -1,0 +1,132 @@
+"""Pseudo numerical methods: PLMS with pseudo Runge-Kutta warm-up (Liu et al. 2022), iPNDM (Zhang & Chen 2023)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bench import Param, Preset, SamplerSpec, hookimpl, x0_from_eps
+from bench.errors import UserError
+from bench.ode import Level, afs_eps, check_afs, level, levels, multistep_nfe
+from bench.plans import KARRAS_RHO, PLANS
+from samplers.deis import lagrange_weights
+
+IPNDM_ORDERS = (1, 2, 3, 4)
+PLMS_WARMUP = 3   # pseudo Runge-Kutta steps before the linear multistep takes over
+# Adams-Bashforth weights for equal steps, newest output first (iPNDM uses them whatever the step sizes).
+ADAMS_BASHFORTH = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12),
+                   4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
+
+
+def ddim_transfer(x: torch.Tensor, eps: torch.Tensor, cur: Level, nxt: Level) -> torch.Tensor:
+    """PNDM's transfer part phi(x_t, eps, t, t') (Liu et al. 2022, Sec. 3): the deterministic DDIM step."""
+    x0 = x0_from_eps(x, eps, cur.alpha_bar)
+    return x0.mul_(nxt.alpha).add_(eps, alpha=nxt.sigma)
+
+
+def sample_plms(denoiser, x, timesteps, noise, *, history=(), callback=None, cond=None, **_):
+    """PNDM's pseudo linear multistep method (Liu et al. 2022, Sec. 3.3): x_{i+1} = phi(x_i, e'_i, t_i, t_{i+1})
+    with the linear multistep gradient e'_i = (55 e_i - 59 e_{i-1} + 37 e_{i-2} - 9 e_{i-3}) / 24, after three
+    pseudo Runge-Kutta steps (their pseudo 4th-order Runge-Kutta gradient: e_1 at x_i, e_2 and e_3 at the
+    midpoint time, e_4 at t_{i+1}, e' = (e_1 + 2 e_2 + 2 e_3 + e_4) / 6) that supply the history.
+    NFE = 4 x 3 + (N - 3). A discrete-time model evaluates the midpoint at its rounded time, and phi uses
+    alpha_bar there. Seeded `history` (three evaluations) replaces the warm-up.
+    """
+    check_plms(timesteps, {})
+    schedule = denoiser.schedule
+    lv = levels(schedule, timesteps)
+    past = [e.eps for e in history]
+    warmup = max(0, PLMS_WARMUP - len(past))
+    for i, (cur, nxt) in enumerate(zip(lv[:-1], lv[1:])):
+        e_1 = denoiser(x, cur.t, cond)
+        if callback is not None:
+            callback({"step": i, "t": cur.t, "x": x, "x0": x0_from_eps(x, e_1, cur.alpha_bar)})
+        if i < warmup:   # pseudo Runge-Kutta; nxt is a plan time since N > PLMS_WARMUP
+            mid = level(schedule, denoiser.round_time((cur.t + nxt.t) / 2))
+            e_2 = denoiser(ddim_transfer(x, e_1, cur, mid), mid.t, cond)
+            e_3 = denoiser(ddim_transfer(x, e_2, cur, mid), mid.t, cond)
+            e_4 = denoiser(ddim_transfer(x, e_3, cur, nxt), nxt.t, cond)
+            e_prime = (e_1 + 2 * e_2 + 2 * e_3 + e_4) / 6
+        else:            # linear multistep: Adams-Bashforth weights on eps
+            e_prime = (55 * e_1 - 59 * past[-1] + 37 * past[-2] - 9 * past[-3]) / 24
+        past = (past + [e_1])[-PLMS_WARMUP:]
+        x = ddim_transfer(x, e_prime, cur, nxt)
+    return x
+
+
+def check_plms(timesteps, params) -> None:
+    """PLMS needs its three warm-up steps plus at least one linear multistep step."""
+    if len(timesteps) <= PLMS_WARMUP:
+        raise UserError(f"plms needs steps >= {PLMS_WARMUP + 1} ({PLMS_WARMUP} pseudo Runge-Kutta warm-up steps, "
+                        f"then linear multistep); got steps={len(timesteps)}")
+
+
+def plms_nfe(timesteps, params) -> int:
+    """Four calls in each pseudo Runge-Kutta warm-up step, one in every later step."""
+    return len(timesteps) + 3 * min(PLMS_WARMUP, len(timesteps))
+
+
+def sample_ipndm(denoiser, x, timesteps, noise, *, order=4, variable_step=False, afs=False, history=(),
+                 callback=None, cond=None, **_):
+    """iPNDM (Zhang & Chen 2023, the improved PNDM of their App.; the form diff-sampler ships): Adams-Bashforth
+    on eps in the ODE dx^/dsigma = eps of x^ = x / alpha, sigma = sqrt((1 - alpha_bar) / alpha_bar):
+
+        x^_{i+1} = x^_i + (sigma_{i+1} - sigma_i) sum_j b_j eps_{i-j},   b = (55, -59, 37, -9) / 24 at order 4,
+
+    with the lower orders (1; (3, -1)/2; (23, -16, 5)/12) while the history fills. These are the weights for
+    equal steps; on the unequal sigma steps of every practical plan the method is second order (see the
+    README's order table). `variable_step` integrates the Lagrange polynomial through the actual sigmas
+    instead (diff-sampler's iPNDM_v idea, exact in float64), which keeps the nominal order.
+    PLMS after its warm-up is this method with equal-step weights (phi is the Euler step in x^ and sigma).
+    The last step lands on sigma = 0 with the same formula.
+    """
+    schedule = denoiser.schedule
+    lv = levels(schedule, timesteps)
+    past = [(level(schedule, e.t), e.eps) for e in history]   # (level, eps), oldest first
+    for i, (cur, nxt) in enumerate(zip(lv[:-1], lv[1:])):
+        eps = afs_eps(x) if afs and i == 0 and not past else denoiser(x, cur.t, cond)
+        if callback is not None:
+            callback({"step": i, "t": cur.t, "x": x, "x0": x0_from_eps(x, eps, cur.alpha_bar)})
+        past = (past + [(cur, eps)])[-order:]
+        newest_first = past[::-1]
+        if variable_step:
+            sigmas = [lv_.sigma_edm for lv_, _ in newest_first]
+            weights = lagrange_weights(sigmas, cur.sigma_edm, nxt.sigma_edm, _identity)
+        else:
+            weights = [(nxt.sigma_edm - cur.sigma_edm) * b for b in ADAMS_BASHFORTH[len(past)]]
+        x_hat = x * (1 / cur.alpha)
+        for w, (_, e) in zip(weights, newest_first):
+            x_hat = x_hat.add(e, alpha=w)
+        x = x_hat.mul_(nxt.alpha)
+    return x
+
+
+def _identity(values: np.ndarray) -> np.ndarray:
+    return values
+
+
+_PLANS = tuple(p for p in PLANS if p != "full")
+_RHO = Param(KARRAS_RHO, "Karras plan exponent (plan=karras)", low=1e-3, high=100.0)
+
+
+@hookimpl
+def register_samplers(register):
+    register(SamplerSpec(
+        "ipndm", sample_ipndm, "iPNDM-4 (Zhang & Chen 2023, as in diff-sampler): Adams-Bashforth on eps in the "
+        "sigma ODE with lower-order warm-up; NFE = steps",
+        {"order": Param(4, "Adams-Bashforth order (model outputs combined)", IPNDM_ORDERS),
+         "variable_step": Param(False, "weights for the actual (unequal) sigma steps instead of equal-step ones"),
+         "afs": Param(False, "analytical first step: use x_T as the first eps, saving one call"),
+         "plan": Param("karras", "timestep plan", _PLANS), "rho": _RHO},
+        plan="karras", nfe=multistep_nfe, check=check_afs))
+    register(SamplerSpec(
+        "plms", sample_plms, "PLMS (Liu et al. 2022): pseudo linear multistep after 3 pseudo Runge-Kutta "
+        "warm-up steps of 4 calls each; NFE = steps + 9",
+        {"plan": Param("uniform", "timestep plan", _PLANS), "rho": _RHO},
+        plan="uniform", nfe=plms_nfe, check=check_plms))
+
+
+@hookimpl
+def register_presets(register):
+    register(Preset("ipndm-v", "ipndm", {"variable_step": True}, "iPNDM-4 with variable-step Adams-Bashforth "
+                    "weights (keeps order 4 on unequal steps)"))
