@@ -53,6 +53,15 @@ ORDER_CASES: tuple[OrderCase, ...] = (
     OrderCase("dpm-solver-2", "dpm-solver-2", 2),
     OrderCase("dpmpp-2m", "dpm-solver++", 2, {"order": 2}),
     OrderCase("dpmpp-3m", "dpm-solver++", 3, {"order": 3}),
+    OrderCase("unip-2", "unipc", 2, {"order": 2, "corrector": False}),  # UniPC's predictor alone
+    OrderCase("unipc-2-bh2", "unipc-bh2", 3),  # UniC raises UniP-p to p + 1 (Zhao et al. 2023, Thm 3.1)
+    OrderCase("unipc-3-bh1", "unipc-bh1", 4),
+    OrderCase("unipc-3-bh2", "unipc", 4),
+    OrderCase("deis-2", "deis-2", 2),
+    OrderCase("deis-3", "deis", 3),
+    OrderCase("ipndm-4", "ipndm", 4),  # equal-step Adams-Bashforth weights: 2 on unequal steps
+    OrderCase("ipndm-v-4", "ipndm-v", 4),
+    OrderCase("plms", "plms", 4),  # the Adams-Bashforth order of its weights; equal-step weights as iPNDM
     # more solvers: add OrderCase rows above this line
 )
 
@@ -134,14 +143,14 @@ def measure(case: OrderCase, registry, denoiser, steps=STEPS, num_images: int = 
 
 
 def order_table(results: list[OrderResult]) -> str:
-    """The markdown table the README shows."""
-    lines = ["| solver | nominal order | measured order (own, seeded history) | measured order (standard warm-up) "
-             f"| error at NFE {results[0].nfe[0] if results else ''} | error at largest NFE |",
+    """The markdown table the README shows (singlestep solvers have no warm-up: both columns agree)."""
+    lines = ["| solver | nominal order | measured order, own (seeded history) | measured order, standard warm-up "
+             "| error (NFE), coarsest grid | error (NFE), finest grid |",
              "|---|---|---|---|---|---|"]
     for r in results:
         own = r.seeded_order if r.seeded_order is not None else r.order
-        lines.append(f"| {r.case.label} | {r.case.nominal} | {own:.2f} | {r.order:.2f} | {r.errors[0]:.2e} "
-                     f"| {r.errors[-1]:.2e} (NFE {r.nfe[-1]}) |")
+        lines.append(f"| {r.case.label} | {r.case.nominal} | {own:.2f} | {r.order:.2f} "
+                     f"| {r.errors[0]:.1e} ({r.nfe[0]}) | {r.errors[-1]:.1e} ({r.nfe[-1]}) |")
     return "\n".join(lines)
 
 
