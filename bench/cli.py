@@ -20,9 +20,14 @@ from bench.errors import UserError
 EXTRA_COMMANDS = ("models.train", "models.features", "bench.orders")  # each has add_subparser(subparsers)
 
 
-def _registry(args):
+def _registry(args, files: tuple[str, ...] | None = None):
+    """Every plugin's registrations; a --plugin file that does not exist is an error, other plugin problems warn."""
     from bench.plugins import load_registry
-    registry = load_registry(tuple(getattr(args, "plugin", None) or ()))
+    files = tuple(getattr(args, "plugin", None) or ()) if files is None else files
+    for name in files:
+        if not Path(name).is_file():
+            raise UserError(f"--plugin {name}: no such file")
+    registry = load_registry(files)
     for error in registry.errors:
         print(f"warning: {error}", file=sys.stderr)
     return registry
@@ -135,10 +140,7 @@ def cmd_run(args) -> int:
     """Run the benchmark matrix and write a results folder."""
     from bench.harness import run_benchmark, summary_table
     config = _resumed_config(args) if args.resume else RunConfig(**_given_options(args))
-    from bench.plugins import load_registry
-    registry = load_registry(config.plugins)
-    for error in registry.errors:
-        print(f"warning: {error}", file=sys.stderr)
+    registry = _registry(args, config.plugins)
     out_dir = run_benchmark(config, registry, out=args.resume or args.out, resume=bool(args.resume),
                             force=args.force, results_root=Path(args.results_root), quiet=args.quiet)
     print(summary_table(out_dir))

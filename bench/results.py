@@ -39,7 +39,8 @@ def write_csv_atomic(rows: list[dict], path: Path, columns=None) -> None:
 
 TOOL = "sampler-bench"  # config.json's "tool": how --force knows that the tool wrote a folder
 TOOL_FILES = ("config.json", "results.csv", "report.md", "report.html")  # what the tool writes at the top
-TOOL_FOLDERS = ("samples", "trajectories", "plots")                      # folders of .png files it writes
+TOOL_FOLDERS = {"samples": (".png",), "trajectories": (".png",), "plots": (".png",),  # its folders and the
+                "features": (".npy", ".npz")}                                        # files it writes there
 START_COLUMNS = ("sampler", "steps", "status", "error")                   # results.csv before the first row
 
 
@@ -106,7 +107,7 @@ def _foreign_entries(folder: Path) -> list[str]:
             continue
         elif entry.is_dir() and entry.name in TOOL_FOLDERS:
             foreign += [f"{entry.name}/{e.name}" for e in sorted(entry.iterdir())
-                        if e.is_symlink() or not e.is_file() or e.suffix != ".png"]
+                        if e.is_symlink() or not e.is_file() or e.suffix not in TOOL_FOLDERS[entry.name]]
         else:
             foreign.append(entry.name)
     return foreign
@@ -116,8 +117,8 @@ def _remove_tool_files(folder: Path) -> None:
     """Delete what the tool wrote in `folder` (checked by _foreign_entries first), file by file."""
     for entry in folder.iterdir():
         if entry.is_dir():
-            for png in entry.iterdir():
-                png.unlink()
+            for written in entry.iterdir():
+                written.unlink()
             entry.rmdir()
         else:
             entry.unlink()
