@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from bench.config import RunConfig, provenance
 from bench.device import autocast_dtype, compile_network, device_name, pick_device, warm_up_network
+from bench.distributed import JobShare, Processes, init_processes, shard_state
 from bench.errors import UserError
 from bench.measure import CountingDenoiser, PeakMemory, synchronize
 from bench.noise import NoiseSource
@@ -51,7 +52,7 @@ from bench.timing import (
     BatchTimes,
     MachineState,
     repeat_until,
-    summarize,
+    summarize_ranks,
     timing_provenance,
     timing_warning,
 )
@@ -71,13 +72,18 @@ def accepts_labels(update) -> bool:
         return False
 
 
+class JobFailed(Exception):
+    """A configuration failed on some rank; the row records the error."""
+
+
 class Harness:
     """Runs jobs on one model and writes the results folder."""
 
     def __init__(self, config: RunConfig, registry: Registry, out_dir: Path, denoiser, device: torch.device,
                  model_name: str, num_samples: int, batch_size: int, metric_specs: list, run_id: str,
-                 classes: tuple[int, ...] | None = None):
+                 classes: tuple[int, ...] | None = None, processes: Processes = Processes()):
         self.config = config
+        self.processes = processes  # this rank's place in a torchrun launch (rank 0 of 1 otherwise)
         self.registry = registry
         self.out_dir = out_dir
         self.denoiser = denoiser
@@ -99,98 +105,149 @@ class Harness:
         return sample(job.choice.spec, job.choice.params, counter, job.timesteps, indices, noise=noise,
                       classes=self.classes, guidance=job.guidance, callback=callback)
 
-    def _warm_up_and_trace(self, job: Job, counter: CountingDenoiser) -> None:
-        """Run the first few images untimed: warms caches and kernels, records the trajectory strip."""
-        count = max(1, min(self.config.trajectory_images, self.num_samples))
+    def _trajectory_recorder(self, job: Job) -> tuple[list, object]:
+        """A callback for the first timed batch that keeps x_t and predicted x_0 of its first images at 8 steps.
+
+        The frames stay on the device (no synchronisation inside the clock) until the strip is saved.
+        """
+        count = min(self.config.trajectory_images, self.num_samples)
         frames: list[tuple[torch.Tensor, torch.Tensor]] = []
         keep = set(round(i * (len(job.timesteps) - 1) / 7) for i in range(8))
 
         def callback(state):
             if state["step"] in keep:
-                frames.append((state["x"].detach().cpu().clone(), state["x0"].detach().cpu().clone()))
+                frames.append((state["x"][:count].detach().clone(), state["x0"][:count].detach().clone()))
 
-        self._sample(job, counter, 0, count, callback)
-        if frames and self.config.trajectory_images > 0:
-            # rows: for each image, x_t along the way then predicted x_0 along the way
-            rows = []
-            for i in range(count):
-                rows += [f[0][i] for f in frames] + [f[1][i] for f in frames]
-            path = self.out_dir / "trajectories" / f"{self._file_stem(job)}.png"
-            path.parent.mkdir(exist_ok=True)
-            save_grid(torch.stack(rows), path, nrow=len(frames))
+        return frames, (callback if count > 0 else None)
 
-    def run_job(self, job: Job, progress: tqdm | None) -> dict:
+    def _save_trajectory(self, job: Job, frames: list) -> None:
+        """Rows: for each image, x_t along the way then predicted x_0 along the way."""
+        if not frames:
+            return
+        rows = []
+        for i in range(frames[0][0].shape[0]):
+            rows += [f[0][i].cpu() for f in frames] + [f[1][i].cpu() for f in frames]
+        path = self.out_dir / "trajectories" / f"{self._file_stem(job)}.png"
+        path.parent.mkdir(exist_ok=True)
+        save_grid(torch.stack(rows), path, nrow=len(frames))
+
+    def run_job(self, job: Job, progress: tqdm | None) -> dict | None:
         """Sample num_samples images for one job; time, count, check and score them.
 
         The first pass over the images is timed batch by batch and scored; when it took less than
         bench.timing.MIN_TIMED_S, the same images are sampled again (timed only) until it did.
+        In a multi-process run each rank samples its share of the batches, rank 0 merges the shares
+        (bench.distributed) and returns the row, and the other ranks return None.
         """
         row = self._row_base(job)
-        counter = CountingDenoiser(self.denoiser, autocast_dtype=self.autocast)
+        share = JobShare()
+        accumulators, paired, writer, frames = [], None, None, []
         try:
-            self._warm_up_and_trace(job, counter)
-            accumulators = [(spec.name, spec.create(self.denoiser, self._metric_context()))
-                            for spec in self.metric_specs]
-            accumulators = [(n, a) for n, a in accumulators if a is not None]
-            paired = paired_metric([a for _, a in accumulators])
-            writer = PairedRowsWriter(self.out_dir, self._file_stem(job), self.num_samples) if paired else None
-            counter.reset()
-            if progress is not None:
-                counter.on_call = lambda: progress.update(1)
-            times, grid = BatchTimes(), []
-            before = MachineState.now()
-            with PeakMemory(self.device) as memory:
-                for start, stop in self.batches():
-                    samples = self._timed_sample(job, counter, start, stop, times)
-                    self._check(samples, stop - start)
-                    if start < self.config.grid_images:
-                        grid.append(samples[: self.config.grid_images - start].detach().cpu())
-                    labels = image_labels(torch.arange(start, stop), self.classes)
-                    for _, acc in accumulators:
-                        if labels is not None and accepts_labels(acc.update):
-                            acc.update(samples, labels=labels)
-                        else:
-                            acc.update(samples)
-                    if writer is not None:
-                        writer.add(start, paired.paired_rows(samples))
-                    del samples
-                times.passes = 1
-                if counter.calls == 0:
-                    raise ValueError("the sampler never called the network")
-                calls, rows_evaluated = counter.calls, counter.rows
-                counter.on_call = None
-
-                def one_pass(into: BatchTimes) -> None:
-                    for start, stop in self.batches():
-                        self._timed_sample(job, counter, start, stop, into)
-                repeat_until(self.min_timed_s, times, one_pass)
-            after = MachineState.now()
-            net = counter.network_seconds()
-            nfe = calls / len(self.batches())
-            row.update(nfe=nfe, rows_evaluated=rows_evaluated / self.num_samples)
-            row.update(summarize(times, self.num_samples, before, after))
-            row.update(ms_per_nfe=1000 * row["wall_s"] / nfe, net_s=net / times.passes,
-                       net_ms_per_call=1000 * net / counter.calls,
-                       overhead_frac=max(0.0, 1 - net / times.total_s),
-                       peak_mem_mb=memory.megabytes(), mem_kind=memory.kind)
-            if self.config.grid_images > 0:
-                save_grid(torch.cat(grid)[: self.config.grid_images],
-                          self.out_dir / "samples" / f"{self._file_stem(job)}.png")
-            for _, acc in accumulators:
-                row.update(acc.compute())
-            if writer is not None:
-                row["features_file"] = writer.close()
-                save_reference(self.out_dir, paired.paired_column, *paired.paired_reference())
-            row["status"] = "ok" if nfe == job.expected_nfe else "nfe_mismatch"
-            if nfe != job.expected_nfe:
-                row["error"] = (f"counted {nfe:g} network calls per image, the sampler declares {job.expected_nfe} "
-                                "(its nfe_per_step or nfe() is wrong, or it calls the network more than it says)")
+            accumulators, paired, writer, frames = self._sample_share(job, progress, share)
         except KeyboardInterrupt as exc:
             exc.out_dir = self.out_dir  # the CLI says where the finished rows are
             raise
         except Exception as exc:  # a broken sampler is recorded, and the run goes on
+            share.error = f"{type(exc).__name__}: {exc}"
+        if self.processes.world_size > 1:
+            if share.error is None:
+                share.metric_states = [shard_state(name, acc) for name, acc in accumulators]
+            if writer is not None and not self.processes.is_main:
+                share.paired = writer.pieces
+        shares = self.processes.gather(share)
+        if shares is None:
+            return None
+        try:
+            self._finish(job, row, shares, accumulators, paired, writer, frames)
+        except Exception as exc:
             row.update(status="error", error=f"{type(exc).__name__}: {exc}")
         return row
+
+    def _sample_share(self, job: Job, progress: tqdm | None, share: JobShare):
+        """This process's batches: sampled, checked, scored into fresh accumulators, timed (and repeated)."""
+        counter = CountingDenoiser(self.denoiser, autocast_dtype=self.autocast)
+        frames, record = self._trajectory_recorder(job)
+        accumulators = [(spec.name, spec.create(self.denoiser, self._metric_context()))
+                        for spec in self.metric_specs]
+        accumulators = [(n, a) for n, a in accumulators if a is not None]
+        paired = paired_metric([a for _, a in accumulators])
+        writer = PairedRowsWriter(self.out_dir, self._file_stem(job), self.num_samples,
+                                  in_memory=not self.processes.is_main) if paired else None
+        if progress is not None:
+            counter.on_call = lambda: progress.update(1)
+        mine = self.processes.share(self.batches())
+        share.times, share.batches = BatchTimes(), len(mine)
+        share.images = sum(stop - start for start, stop in mine)
+        share.before = MachineState.now()
+        with PeakMemory(self.device) as memory:
+            for start, stop in mine:
+                samples = self._timed_sample(job, counter, start, stop, share.times, record if start == 0 else None)
+                self._check(samples, stop - start)
+                if start < self.config.grid_images:
+                    share.grid.append((start, samples[: self.config.grid_images - start].detach().cpu()))
+                labels = image_labels(torch.arange(start, stop), self.classes)
+                for _, acc in accumulators:
+                    if labels is not None and accepts_labels(acc.update):
+                        acc.update(samples, labels=labels)
+                    else:
+                        acc.update(samples)
+                if writer is not None:
+                    writer.add(start, paired.paired_rows(samples))
+                del samples
+            share.times.passes = 1
+            if mine and counter.calls == 0:
+                raise ValueError("the sampler never called the network")
+            share.calls, share.rows = counter.calls, counter.rows
+            counter.on_call = None
+
+            def one_pass(into: BatchTimes) -> None:
+                for start, stop in mine:
+                    self._timed_sample(job, counter, start, stop, into)
+            if mine:
+                repeat_until(self.min_timed_s, share.times, one_pass)
+        share.after = MachineState.now()
+        share.net_seconds, share.total_calls = counter.network_seconds(), counter.calls
+        share.peak_mem_mb, share.mem_kind = memory.megabytes(), memory.kind
+        return accumulators, paired, writer, frames
+
+    def _finish(self, job: Job, row: dict, shares: list[JobShare], accumulators: list, paired, writer,
+                frames: list) -> None:
+        """Rank 0 (or the only process): merge the shares, fill the row, write the job's files."""
+        errors = [(rank, s.error) for rank, s in enumerate(shares) if s.error]
+        if errors:
+            rank, error = errors[0]
+            raise JobFailed(error if len(shares) == 1 else f"rank {rank}: {error}")
+        if len(shares) > 1:
+            for i, (_, acc) in enumerate(accumulators):
+                acc.merge_shards([s.metric_states[i] for s in shares])
+            for s in shares[1:]:
+                for start, rows in s.paired:
+                    writer.add(start, rows)
+        calls, batches = sum(s.calls for s in shares), sum(s.batches for s in shares)
+        nfe = calls / batches
+        net, total_calls = sum(s.net_seconds for s in shares), sum(s.total_calls for s in shares)
+        timed = [s for s in shares if s.batches]
+        row.update(nfe=nfe, rows_evaluated=sum(s.rows for s in shares) / self.num_samples)
+        row.update(summarize_ranks([s.times for s in timed], [s.images for s in timed], [s.before for s in timed],
+                                   [s.after for s in timed], self.num_samples))
+        row.update(ms_per_nfe=1000 * row["wall_s"] / nfe, net_s=sum(s.net_seconds / s.times.passes for s in timed),
+                   net_ms_per_call=1000 * net / total_calls,
+                   overhead_frac=max(0.0, 1 - net / sum(s.times.total_s for s in timed)),
+                   peak_mem_mb=max(s.peak_mem_mb for s in timed), mem_kind=shares[0].mem_kind)
+        self._save_trajectory(job, frames)
+        if self.config.grid_images > 0:
+            grid = [images for _, images in sorted((p for s in shares for p in s.grid), key=lambda p: p[0])]
+            save_grid(torch.cat(grid)[: self.config.grid_images],
+                      self.out_dir / "samples" / f"{self._file_stem(job)}.png")
+        for _, acc in accumulators:
+            row.update(acc.compute())
+        if writer is not None:
+            row["features_file"] = writer.close()
+            save_reference(self.out_dir, paired.paired_column, *paired.paired_reference())
+        row["status"] = "ok" if nfe == job.expected_nfe else "nfe_mismatch"
+        if nfe != job.expected_nfe:
+            row["error"] = (f"counted {nfe:g} network calls per image, the sampler declares {job.expected_nfe} "
+                            "(its nfe_per_step or nfe() is wrong, or it calls the network more than it says)")
 
     def batches(self) -> list[tuple[int, int]]:
         """(start, stop) of every batch of images, the same whatever the number of processes."""
@@ -198,11 +255,11 @@ class Harness:
                 for start in range(0, self.num_samples, self.batch_size)]
 
     def _timed_sample(self, job: Job, counter: CountingDenoiser, start: int, stop: int,
-                      times: BatchTimes) -> torch.Tensor:
+                      times: BatchTimes, callback=None) -> torch.Tensor:
         """Sample one batch with the clock around exactly the sampling (synchronised on CUDA)."""
         synchronize(self.device)
         began = time.perf_counter()
-        samples = self._sample(job, counter, start, stop)
+        samples = self._sample(job, counter, start, stop, callback)
         synchronize(self.device)
         times.add(time.perf_counter() - began, stop - start)
         return samples
@@ -255,19 +312,20 @@ def _guidance_of(row: dict) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def _compile(config: RunConfig, denoiser, device: torch.device, jobs: list[Job], num_samples: int,
-             batch_size: int) -> dict:
-    """--compile: compile the network once per model and warm every batch shape up, outside every clock."""
-    if not config.compile:
-        return {"enabled": False}
-    if not compile_network(denoiser):
-        return {"enabled": False, "note": "the model has no torch network to compile"}
-    sizes = {batch_size, num_samples % batch_size or batch_size, max(1, min(config.trajectory_images, num_samples))}
-    factors = {2 if job.guidance else 1 for job in jobs}
-    seconds = warm_up_network(denoiser, [s * f for s in sizes for f in factors], autocast_dtype(config.precision,
-                                                                                                 device))
-    return {"enabled": True, "mode": "torch.compile(dynamic=False)", "compile_and_warm_up_s": seconds,
-            "batch_rows": sorted(s * f for s in sizes for f in factors)}
+def _compile_and_warm_up(config: RunConfig, denoiser, device: torch.device, jobs: list[Job], num_samples: int,
+                         batch_size: int) -> dict:
+    """Once per model, outside every clock: compile the network (--compile) and call it at every batch shape
+    the timed loop will use (a full batch, the last batch; twice the rows when guided)."""
+    compiled = bool(config.compile) and compile_network(denoiser)
+    rows = sorted({s * (2 if job.guidance else 1) for s in {batch_size, num_samples % batch_size or batch_size}
+                   for job in jobs})
+    seconds = warm_up_network(denoiser, rows, autocast_dtype(config.precision, device))
+    info = {"enabled": compiled, "warm_up_s": seconds, "batch_rows": rows}
+    if compiled:
+        info.update(mode="torch.compile(dynamic=False)", compile_and_warm_up_s=seconds)
+    elif config.compile:
+        info["note"] = "the model has no torch network to compile"
+    return info
 
 
 def _model_defaults(config: RunConfig, device: torch.device) -> tuple[str, int, int]:
@@ -285,9 +343,12 @@ def run_benchmark(config: RunConfig, registry: Registry, out: str | None = None,
 
     All user errors are raised before anything is written.
     """
-    device = pick_device(config.device)
+    processes, device = init_processes(pick_device(config.device))
     autocast_dtype(config.precision, device)
     model_name, num_samples, batch_size = _model_defaults(config, device)
+    if processes.world_size > num_samples:
+        raise UserError(f"{processes.world_size} processes for {num_samples} images: every process needs at least "
+                        "one image; launch fewer processes or raise --num-samples")
     if config.model is None and model_name not in registry.models:
         raise UserError(f"the default model {model_name!r} for {device.type} is not registered "
                         f"(are its weights in models/weights/?); pass --model, e.g. --model gaussian-oracle")
@@ -298,30 +359,30 @@ def run_benchmark(config: RunConfig, registry: Registry, out: str | None = None,
     classes = validate_classes(config.classes, denoiser.num_classes)
     guidance = validate_guidance(config.guidance, denoiser.num_classes)
     jobs = plan_jobs(choices, steps, denoiser.schedule, guidance)
-    out_dir = prepare_out_dir(out, results_root, model_name, resume, force)
-    compile_info = _compile(config, denoiser, device, jobs, num_samples, batch_size)
+    out_dir = processes.on_main(lambda: prepare_out_dir(out, results_root, model_name, resume, force))
+    compile_info = _compile_and_warm_up(config, denoiser, device, jobs, num_samples, batch_size)
 
     done: dict[tuple[str, int], dict] = {}
     if resume:
         from bench.report import read_results_csv
-        previous = read_results_csv(out_dir / "results.csv").to_dict("records")
+        previous = processes.on_main(lambda: read_results_csv(out_dir / "results.csv").to_dict("records"))
         done = {job_key(r["sampler"], r["steps"], _guidance_of(r)): r for r in previous if r.get("status") == "ok"}
     run_id = out_dir.name
-    (out_dir / "samples").mkdir(parents=True, exist_ok=True)
-    write_run_config(out_dir, {
+    if processes.is_main:
+        _start_folder(out_dir, resume, {
         "run_id": run_id, "config": dataclasses.replace(config, steps=steps).to_dict(), "model": model_name,
         "num_samples": num_samples, "batch_size": batch_size, "num_timesteps": denoiser.num_timesteps,
         "model_info": denoiser.info.__dict__, "schedule": getattr(denoiser.schedule.config, "__dict__", None),
         "classes": list(classes) if classes else None, "compile": compile_info,
         "jobs": [{"sampler": j.choice.label, "steps": j.steps, "guidance": j.guidance, "params": j.choice.params,
                   "timesteps": list(j.timesteps), "expected_nfe": j.expected_nfe} for j in jobs],
-        "timing": timing_provenance(device, batch_size, compiled=bool(compile_info.get("enabled"))),
-        "started_utc": datetime.now(timezone.utc).isoformat(), **provenance(device_name(device))}, resume=resume)
-    if not resume:
-        start_results_csv(out_dir / "results.csv")
+        "timing": timing_provenance(device, batch_size, processes.world_size,
+                                    compiled=bool(compile_info.get("enabled"))),
+        "started_utc": datetime.now(timezone.utc).isoformat(), **provenance(device_name(device))})
 
     harness = Harness(config, registry, out_dir, denoiser, device, model_name, num_samples, batch_size,
-                      metric_specs, run_id, classes)
+                      metric_specs, run_id, classes, processes)
+    quiet = quiet or not processes.is_main
     rows = {job.key: done[job.key] for job in jobs if job.key in done}
     todo = [job for job in jobs if job.key not in done]
     csv_path = out_dir / "results.csv"
@@ -333,15 +394,29 @@ def run_benchmark(config: RunConfig, registry: Registry, out: str | None = None,
         batches = math.ceil(num_samples / batch_size)
         with tqdm(total=job.expected_nfe * batches, desc="  NFE",
                   unit="call", leave=False, disable=quiet, position=1) as bar:
-            rows[job.key] = harness.run_job(job, bar)
+            row = harness.run_job(job, bar)
+        if row is None:  # a rank other than 0: its share went to rank 0
+            continue
+        rows[job.key] = row
         warning = timing_warning(rows[job.key])
         if warning:
             tqdm.write(f"warning: {warning}", file=sys.stderr)
         write_csv_atomic(ordered(), csv_path)
-    if not todo:
-        write_csv_atomic(ordered(), csv_path)
-    from bench.report import build_report
-    build_report(out_dir)
+    if processes.is_main:
+        if not todo:
+            write_csv_atomic(ordered(), csv_path)
+        from bench.report import build_report
+        build_report(out_dir)
+    processes.barrier()  # the other ranks return once rank 0 has written the folder
+    processes.close()
     return out_dir
+
+
+def _start_folder(out_dir: Path, resume: bool, config: dict) -> None:
+    """config.json, and an empty results.csv for a new run (rank 0 only)."""
+    (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+    write_run_config(out_dir, config, resume=resume)
+    if not resume:
+        start_results_csv(out_dir / "results.csv")
 
 

@@ -21,7 +21,7 @@ def test_compiled_run_records_compile_time_and_matches_the_eager_samples(tmp_pat
     assert main([*RUN, "--out", str(tmp_path / "compiled"), "--compile"]) == 0
     info = json.loads((tmp_path / "compiled" / "config.json").read_text())["compile"]
     assert info["enabled"] and info["compile_and_warm_up_s"] > 0
-    assert info["batch_rows"] == [2, 4, 6]  # trajectory images, the last batch (10 = 6 + 4), a full batch
+    assert info["batch_rows"] == [4, 6]  # the last batch (10 = 6 + 4) and a full batch
     eager, compiled = (pd.read_csv(tmp_path / name / "results.csv").iloc[0] for name in ("eager", "compiled"))
     assert eager["status"] == compiled["status"] == "ok" and eager["nfe"] == compiled["nfe"] == 3
     torch.testing.assert_close(seen[1], seen[0], rtol=1e-4, atol=1e-4)
