@@ -429,12 +429,17 @@ def run_train_features(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.num_threads)
     args.epochs = args.epochs or DEFAULT_EPOCHS[args.dataset]
     config = TrainConfig(args.dataset, args.epochs, seed=args.seed, device=args.device)
+    out = Path(args.out)
+    existing = [str(p) for p in (weights_path(args.dataset, out), stats_path(args.dataset, out),
+                                 card_path(args.dataset, out)) if p.exists()]
+    if existing and not args.force:
+        raise UserError(f"{', '.join(existing)} already exist (shipped or an earlier run); pass --out FOLDER to "
+                        "write elsewhere, or --force to replace them")
     train_images, train_labels = load_dataset(args.dataset, "train", args.data_dir)
     test_images, test_labels = load_dataset(args.dataset, "test", args.data_dir)
     start = time.perf_counter()
     net = train_feature_net(config, from_uint8(to_uint8(train_images)), train_labels)
     train_seconds = time.perf_counter() - start
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_file(net.state_dict(), str(weights_path(args.dataset, out)))
     extractor = ClassifierFeatureExtractor.from_net(args.dataset, net)
@@ -474,6 +479,7 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None, help="folder holding the dataset files")
     parser.add_argument("--out", default=str(WEIGHTS_DIR), help="output folder (default: models/weights)")
     parser.add_argument("--num-threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--force", action="store_true", help="replace existing extractor files (never done without)")
     parser.set_defaults(func=run_train_features)
     return parser
 

@@ -387,6 +387,10 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
             raise UserError(f"{flag} must be >= 1, got {value}")
     if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
         raise UserError(f"--lr must be a positive number, got {args.lr}")
+    if not -(2**63) <= args.seed < 2**64:  # what torch.manual_seed accepts
+        raise UserError(f"--seed must be between {-(2**63)} and {2**64 - 1}, got {args.seed}")
+    if args.threads < 0:
+        raise UserError(f"--threads must be >= 0 (0: torch's choice), got {args.threads}")
     if out.suffix != ".safetensors":
         raise UserError(f"--out {str(out)!r}: weights are written as .safetensors; name a file ending in .safetensors")
     if args.time_limit is not None and not (math.isfinite(args.time_limit) and args.time_limit > 0):
@@ -430,9 +434,9 @@ def refuse_overwrite(run: RunConfig, resume: Path | None, force: bool) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Entry point of `bench train`."""
+    run = run_config_from_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    run = run_config_from_args(args)
     refuse_overwrite(run, Path(args.resume) if args.resume else None, args.force)
     path = train(run, Path(args.resume) if args.resume else None)
     print(f"wrote {path} and {path.with_suffix('.json')}")

@@ -232,6 +232,12 @@ CASES = [
     ("train-steps-zero", nothing, ["train", "--preset", "smoke", "--out", "s.safetensors", "--steps", "0"], 2,
      ["--steps"]),
     ("train-lr-nan", nothing, ["train", "--preset", "smoke", "--out", "s.safetensors", "--lr", "nan"], 2, ["--lr"]),
+    ("train-seed-beyond-64-bits", nothing, ["train", "--preset", "smoke", "--out", "s.safetensors", "--seed",
+                                            "100000000000000000000000"], 2, ["--seed"]),
+    ("train-threads-negative", nothing, ["train", "--preset", "smoke", "--out", "s.safetensors", "--threads", "-2"],
+     2, ["--threads"]),
+    ("train-features-over-shipped", nothing, ["train-features", "--dataset", "digits"], 2,
+     ["features-digits", "already exist", "--force"]),
     *CUDA_CASE,
 ]
 
