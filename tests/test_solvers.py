@@ -214,6 +214,19 @@ def test_dpm_solver_2_midpoint_is_the_rounded_log_snr_midpoint(registry):
 
 # ----------------------------------------------------------------------------- stochastic solvers
 
+def test_edm_stochastic_without_churn_is_heun(registry, oracle):
+    edm, t1 = _run(registry, "edm-stochastic", {"s_churn": 0.0}, oracle, 9)
+    heun, t2 = _run(registry, "heun", {"plan": "karras"}, oracle, 9)
+    assert t1 == t2 and torch.allclose(edm, heun, rtol=0, atol=1e-12)
+
+
+def test_first_order_sde_dpm_solver_pp_is_ddim_with_eta_one_on_the_same_noise(registry, oracle):
+    """SDE-DPM-Solver-1's noise variance sigma_n^2 (1 - e^{-2h}) is DDIM's sigma(eta=1)^2 (Lu et al. 2022b)."""
+    sde, _ = _run(registry, "dpm-solver++-sde", {"order": 1}, oracle, 12)
+    ddim, _ = _run(registry, "ddim", {"eta": 1.0, "plan": "logsnr"}, oracle, 12)
+    assert torch.allclose(sde, ddim, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("name,overrides", [("edm-stochastic", {"s_noise": 1.0}), ("dpm-solver++-sde", {})])
 def test_stochastic_solver_moments_approach_the_oracle_as_steps_grow(registry, oracle, name, overrides):
     n = 3000
