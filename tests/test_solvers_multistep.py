@@ -90,6 +90,17 @@ def test_first_order_variants_are_ddim_element_by_element(registry, oracle, name
     assert torch.allclose(other, ddim, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("steps,lower_order_final", [(12, True), (20, False)])
+def test_the_unipc_predictor_alone_is_dpm_solver_pp_multistep(registry, oracle, order, steps, lower_order_final):
+    """UniP-p with B(h) = e^{-h} - 1 and DPM-Solver++(pM) are the same exponential integrator (x0 extrapolated
+    in lambda), written independently here and in samplers/dpm_solver.py: they must agree element by element."""
+    options = {"order": order, "lower_order_final": lower_order_final}
+    dpmpp, _ = _run(registry, "dpm-solver++", options, oracle, steps)
+    unip, _ = _run(registry, "unipc", {**options, "corrector": False}, oracle, steps)
+    assert torch.allclose(unip, dpmpp, rtol=0, atol=1e-10)
+
+
 def test_unipc_corrector_costs_no_network_call_and_changes_the_result(registry, oracle):
     counts, results = [], []
     for corrector in (True, False):
