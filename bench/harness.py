@@ -159,6 +159,8 @@ class Harness:
             return None
         try:
             self._finish(job, row, shares, accumulators, paired, writer, frames)
+        except JobFailed as exc:
+            row.update(status="error", error=str(exc))
         except Exception as exc:
             row.update(status="error", error=f"{type(exc).__name__}: {exc}")
         return row

@@ -33,7 +33,9 @@ class PairedRowsWriter:
     Row i is image i; the image indices are written next to it as <stem>.idx.npy.
     """
 
-    def __init__(self, out_dir: Path, stem: str, num_images: int):
+    def __init__(self, out_dir: Path, stem: str, num_images: int, in_memory: bool = False):
+        self.in_memory = in_memory  # a rank other than 0 keeps its (start, rows) pieces to send to rank 0
+        self.pieces: list[tuple[int, torch.Tensor]] = []
         self.folder = Path(out_dir) / FEATURES_DIR
         self.stem = stem
         self.num_images = num_images
@@ -42,7 +44,11 @@ class PairedRowsWriter:
 
     def add(self, start: int, rows: torch.Tensor) -> None:
         """Write the rows of images start, start + 1, ..."""
-        rows = rows.detach().reshape(rows.shape[0], -1).to("cpu", torch.float32).numpy()
+        rows = rows.detach().reshape(rows.shape[0], -1).to("cpu", torch.float32)
+        if self.in_memory:
+            self.pieces.append((start, rows))
+            return
+        rows = rows.numpy()
         if self.rows is None:
             self.folder.mkdir(parents=True, exist_ok=True)
             self.rows = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32,

@@ -24,7 +24,7 @@ MAX_PASSES = 20        # ... but never more than this many passes
 BUSY_SPREAD = 0.25     # (q3 - q1) / median of seconds per image above this: the timing is flagged as noisy
 TIMING_COLUMNS = ["wall_s", "wall_s_q1", "wall_s_q3", "wall_s_min", "wall_s_max", "s_per_image", "images_per_s",
                   "timing_spread", "timing_batches", "timing_passes", "load_before", "load_after", "cpu_cores",
-                  "threads", "busy"]
+                  "threads", "busy", "world_size"]
 
 
 def cpu_cores() -> int:
@@ -100,6 +100,25 @@ def summarize(times: BatchTimes, num_images: int, before: MachineState, after: M
             "timing_spread": spread, "timing_batches": len(per_image), "timing_passes": times.passes,
             "load_before": before.load, "load_after": after.load, "cpu_cores": after.cores,
             "threads": after.threads, "busy": bool(before.busy or after.busy)}
+
+
+def summarize_ranks(times: list[BatchTimes], images: list[int], before: list[MachineState],
+                    after: list[MachineState], num_images: int) -> dict:
+    """Timing columns of a configuration sampled by several processes at once.
+
+    Each rank's wall time is its median seconds per image times its share of the images; the run
+    waits for the slowest rank, so wall_s (and its spread) are the slowest rank's, s_per_image and
+    images_per_s are for all images together, and the load is the highest any rank saw. With one
+    rank this is `summarize`.
+    """
+    ranks = [summarize(t, n, b, a) for t, n, b, a in zip(times, images, before, after, strict=True)]
+    out = dict(max(ranks, key=lambda r: r["wall_s"]))
+    out.update(s_per_image=out["wall_s"] / num_images, images_per_s=num_images / out["wall_s"] if out["wall_s"] else
+               math.inf, timing_batches=sum(r["timing_batches"] for r in ranks),
+               timing_passes=min(r["timing_passes"] for r in ranks),
+               load_before=max(r["load_before"] for r in ranks), load_after=max(r["load_after"] for r in ranks),
+               busy=any(r["busy"] for r in ranks), world_size=len(ranks))
+    return out
 
 
 def timing_warning(row: dict) -> str | None:

@@ -164,6 +164,15 @@ class FeatureMetrics:
         """Extract the batch's features; the images themselves are not kept."""
         self.rows.append(extract_features(self.extractor, samples))
 
+    def shard_state(self) -> dict:
+        """This process's share for rank 0 (bench.distributed): its feature rows, batch by batch."""
+        return {"rows": self.rows}
+
+    def merge_shards(self, states: list[dict]) -> None:
+        """Every rank's rows (in rank order; rank r was fed batches r, r + W, ...) back in global batch order."""
+        from bench.distributed import interleave
+        self.rows = interleave([state["rows"] for state in states])
+
     paired_column = "fid"  # bench.paired: the column that paired_rows() and paired_reference() rebuild
 
     def paired_rows(self, samples: torch.Tensor) -> torch.Tensor:
@@ -228,6 +237,18 @@ class OracleFD:
     def update(self, samples: torch.Tensor) -> None:
         """Add a batch's pixels to the streamed moments."""
         self.moments.update(samples)
+
+    def shard_state(self) -> dict:
+        """This process's share for rank 0 (bench.distributed): its float64 count, sum and sum of outer products."""
+        return {"count": self.moments.count, "total": self.moments.total, "outer": self.moments.outer}
+
+    def merge_shards(self, states: list[dict]) -> None:
+        """Sum every rank's moments, in rank order."""
+        self.moments = MomentAccumulator(self.truth.mean.numel())
+        for state in states:
+            self.moments.count += state["count"]
+            self.moments.total += state["total"]
+            self.moments.outer += state["outer"]
 
     paired_column = "oracle_fd"  # bench.paired: the column that paired_rows() and paired_reference() rebuild
 
