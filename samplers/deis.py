@@ -13,7 +13,8 @@ from bench.ode import afs_eps, check_afs, levels, multistep_nfe, step_order
 from bench.plans import KARRAS_RHO, PLANS
 
 ORDERS = (1, 2, 3)
-_GAUSS_NODES = 8      # Gauss-Legendre nodes per smooth piece: exact for the polynomials, ~1e-16 for sigma(t)
+# Gauss-Legendre nodes and weights on [-1, 1], 8 per smooth piece: exact for the polynomials, ~1e-16 for sigma(t).
+_GAUSS_X, _GAUSS_W = np.polynomial.legendre.leggauss(8)
 
 
 def lagrange_weights(nodes: Sequence[float], start: float, end: float, w: Callable[[np.ndarray], np.ndarray],
@@ -26,11 +27,12 @@ def lagrange_weights(nodes: Sequence[float], start: float, end: float, w: Callab
     nodes = [float(n) for n in nodes]
     lo, hi = min(start, end), max(start, end)
     cuts = [lo] + sorted(b for b in breaks if lo < b < hi) + [hi]
-    x, wts = np.polynomial.legendre.leggauss(_GAUSS_NODES)
-    taus = np.concatenate([(a + b) / 2 + (b - a) / 2 * x for a, b in zip(cuts[:-1], cuts[1:])])
-    weights = np.concatenate([(b - a) / 2 * wts for a, b in zip(cuts[:-1], cuts[1:])])
+    lows, highs = np.array(cuts[:-1]), np.array(cuts[1:])
+    taus = ((lows + highs)[:, None] / 2 + (highs - lows)[:, None] / 2 * _GAUSS_X).ravel()
+    weights = ((highs - lows)[:, None] / 2 * _GAUSS_W).ravel()
     sign = 1.0 if end >= start else -1.0
-    w_taus, w_start, w_end = w(taus), float(w(np.array([start]))[0]), float(w(np.array([end]))[0])
+    values = w(np.concatenate([taus, [start, end]]))
+    w_taus, w_start, w_end = values[:-2], values[-2], values[-1]
     out = []
     for j, node in enumerate(nodes):
         others = [n - start for k, n in enumerate(nodes) if k != j]   # shifted to start: no cancellation
