@@ -14,6 +14,7 @@ from bench.errors import UserError
 from bench.measure import CountingDenoiser
 from bench.orders import STEPS, OrderCase, fit_order, measure
 from bench.plugins import load_registry
+from models.oracle import OracleDenoiser
 from samplers.deis import lagrange_weights, tab_coefficients
 from samplers.pndm import ADAMS_BASHFORTH
 from samplers.unipc import phi
@@ -117,6 +118,34 @@ def test_plms_counts_its_pseudo_runge_kutta_warm_up(registry, oracle, steps):
     counter = CountingDenoiser(oracle)
     _, timesteps = _run(registry, "plms", {}, counter, steps)
     assert counter.calls == len(timesteps) + 9 == registry.samplers["plms"].expected_nfe(timesteps, {})
+
+
+class _Recorder:
+    """Records the time of every model call."""
+
+    def __init__(self, inner):
+        self.inner, self.times = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, x, t, cond=None):
+        self.times.append(t)
+        return self.inner(x, t, cond)
+
+
+def test_plms_evaluates_a_discrete_model_at_rounded_midpoints(registry, oracle):
+    discrete = OracleDenoiser(oracle.mixture)
+    discrete.continuous_time = False   # as a trained network: only integer timesteps
+    recorder = _Recorder(discrete)
+    _, timesteps = _run(registry, "plms", {"plan": "logsnr"}, recorder, 8)
+    exact_mids = [(a + b) / 2 for a, b in zip(timesteps[:3], timesteps[1:4])]
+    assert any(m != int(m) for m in exact_mids)   # the plan exercises the rounding
+    expected = []
+    for i, mid in enumerate(exact_mids):
+        expected += [timesteps[i], math.floor(mid + 0.5), math.floor(mid + 0.5), timesteps[i + 1]]
+    assert recorder.times == expected + timesteps[3:]
+    assert all(isinstance(t, int) for t in recorder.times)
 
 
 class _FirstCallReturnsInput:
