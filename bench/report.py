@@ -14,8 +14,8 @@ from bench.errors import UserError
 
 QUALITY_COLUMNS = (("fid", "FID"), ("oracle_fd", "Fréchet distance to the exact distribution"))
 TABLE_COLUMNS = ["sampler", "steps", "nfe", "wall_s", "s_per_image", "ms_per_nfe", "overhead_frac", "peak_mem_mb",
-                 "fid", "fid_ci_low", "fid_ci_high", "fid_floor", "kid", "prc_precision", "prc_recall", "oracle_fd",
-                 "timing_spread", "busy", "status"]
+                 "fid", "fid_ci_low", "fid_ci_high", "fid_floor", "kid", "prc_precision", "prc_recall", "cond_acc",
+                 "oracle_fd", "timing_spread", "busy", "status"]
 
 
 KEY_COLUMNS = ("sampler", "steps", "status")  # what every results.csv row has, whatever ran
@@ -163,6 +163,76 @@ def _plots(df: pd.DataFrame, quality: str | None, label: str, out_dir: Path) -> 
     return made
 
 
+GUIDANCE_METRICS = (("fid", "FID"), ("cond_acc", "cond_acc (share of samples classified as their label)"))
+
+
+def has_guidance_sweep(df: pd.DataFrame) -> bool:
+    """Whether the run compared more than one guidance scale."""
+    ok = df[df["status"] == "ok"]
+    return "guidance" in ok.columns and pd.to_numeric(ok["guidance"], errors="coerce").nunique() > 1
+
+
+def _guidance_groups(df: pd.DataFrame):
+    """(label, rows sorted by guidance) per sampler and step count, over ok rows with a guidance value."""
+    ok = df[df["status"] == "ok"].assign(guidance=lambda d: pd.to_numeric(d["guidance"], errors="coerce"))
+    ok = ok.dropna(subset=["guidance"])
+    several_steps = ok.groupby("sampler")["steps"].nunique().max() > 1
+    for (sampler, steps), group in ok.groupby(["sampler", "steps"], sort=True):
+        yield (f"{sampler} @ {int(steps)} steps" if several_steps else str(sampler)), group.sort_values("guidance")
+
+
+def guidance_plots(df: pd.DataFrame, out_dir: Path) -> list[str]:
+    """FID and cond_acc against the guidance scale, one line per sampler (and step count), when guidance varies."""
+    if not has_guidance_sweep(df):
+        return []
+    metrics = [(c, label) for c, label in GUIDANCE_METRICS if c in df.columns and df[c].notna().any()]
+    if not metrics:
+        return []
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.2), squeeze=False)
+    for ax, (column, label) in zip(axes[0], metrics, strict=True):
+        for name, group in _guidance_groups(df):
+            rows = group.dropna(subset=[column])
+            ax.plot(rows["guidance"], rows[column], marker="o", label=name)
+        ax.set_xlabel("guidance scale w: (1 + w) eps(x, c) - w eps(x, null)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    fig.suptitle("Quality and class fidelity against classifier-free guidance")
+    fig.tight_layout()
+    (out_dir / "plots").mkdir(exist_ok=True)
+    fig.savefig(out_dir / "plots" / "quality_vs_guidance.png", dpi=120)
+    plt.close(fig)
+    return ["plots/quality_vs_guidance.png"]
+
+
+def guidance_sentences(df: pd.DataFrame) -> list[str]:
+    """One sentence per sampler (and step count): the guidance scale with the lowest FID (or, without FID,
+    the highest cond_acc), and how cond_acc moves across the scales tried."""
+    if not has_guidance_sweep(df):
+        return []
+    lines = []
+    for name, group in _guidance_groups(df):
+        has_fid = "fid" in group.columns and group["fid"].notna().any()
+        has_acc = "cond_acc" in group.columns and group["cond_acc"].notna().any()
+        if not (has_fid or has_acc):
+            continue
+        best = group.loc[group["fid"].idxmin()] if has_fid else group.loc[group["cond_acc"].idxmax()]
+        text = (f"With **{name}**, the best guidance scale is w = {best['guidance']:g}: "
+                + (f"lowest FID {best['fid']:.4g}" if has_fid else f"highest cond_acc {best['cond_acc']:.3f}"))
+        if has_acc:
+            rows = group.dropna(subset=["cond_acc"])
+            first, last = rows.iloc[0], rows.iloc[-1]
+            if has_fid:
+                text += f", cond_acc {best['cond_acc']:.3f}"
+            text += (f"; cond_acc goes from {first['cond_acc']:.3f} at w = {first['guidance']:g} to "
+                     f"{last['cond_acc']:.3f} at w = {last['guidance']:g}")
+        lines.append(text + ".")
+    return lines
+
+
 def _wall_error_bars(ax, ok: pd.DataFrame, quality: str) -> str:
     """Horizontal bars from the first to the third quartile of wall time over timed batches (bench.timing)."""
     if not {"wall_s_q1", "wall_s_q3"} <= set(ok.columns) or ok["wall_s_q1"].isna().all():
@@ -221,8 +291,8 @@ def build_report(out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     df, config = load_results(out_dir)
     quality, label = quality_column(df)
-    plots = _plots(df, quality, label, out_dir)
-    sentences = budget_sentences(df, quality, label)
+    plots = _plots(df, quality, label, out_dir) + guidance_plots(df, out_dir)
+    sentences = budget_sentences(df, quality, label) + guidance_sentences(df)
     table = df[[c for c in TABLE_COLUMNS if c in df.columns]]
     failed = df[df["status"] != "ok"]
     header = (f"model **{config.get('model', '?')}**, {config.get('num_samples', '?')} images per configuration, "

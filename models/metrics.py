@@ -13,6 +13,11 @@
   'precision', which is the harness's autocast-precision column) between equal-size sets of
   generated and real features (the larger set subsampled with a seeded generator); NaN below 4 rows.
 
+`cond-acc` keys (class-conditional models with a shipped dataset classifier, or the conditional
+oracle): cond_acc, the share of samples that the classifier assigns to the class they were sampled
+for (the labels reach `update(samples, labels)`; NaN when none were given), and cond_acc_n, the
+number of labelled samples it counts. The oracle's classifier is its exact Bayes classifier.
+
 `oracle-fd` keys (Gaussian-mixture oracle only): oracle_fd (Fréchet distance between the samples'
 mean/covariance and the mixture's exact ones, in pixel space), mean_err (max |mean error|),
 var_err (max |per-pixel variance error|).
@@ -21,6 +26,7 @@ var_err (max |per-pixel variance error|).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,9 +45,12 @@ from models.features import (
     fid_from_features,
     fid_from_stats,
     floor_fid,
+    from_uint8,
     inception_reference_stats,
+    load_feature_net,
     reference_stats,
     shipped_datasets,
+    to_uint8,
 )
 
 CONFIDENCE = 0.95
@@ -160,8 +169,8 @@ class FeatureMetrics:
         self.bootstrap = bootstrap
         self.rows: list[torch.Tensor] = []
 
-    def update(self, samples: torch.Tensor) -> None:
-        """Extract the batch's features; the images themselves are not kept."""
+    def update(self, samples: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        """Extract the batch's features; the images themselves are not kept (labels are not used)."""
         self.rows.append(extract_features(self.extractor, samples))
 
     def shard_state(self) -> dict:
@@ -234,8 +243,8 @@ class OracleFD:
         self.truth = truth
         self.moments = MomentAccumulator(truth.mean.numel())
 
-    def update(self, samples: torch.Tensor) -> None:
-        """Add a batch's pixels to the streamed moments."""
+    def update(self, samples: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        """Add a batch's pixels to the streamed moments (labels are not used)."""
         self.moments.update(samples)
 
     def shard_state(self) -> dict:
@@ -278,6 +287,62 @@ def create_oracle_fd(denoiser, context: dict) -> OracleFD | None:
     return OracleFD(truth)
 
 
+class ClassAccuracy:
+    """Counts samples that `classify` (images -> class indices) assigns to the class they were sampled for."""
+
+    def __init__(self, classify: Callable[[torch.Tensor], torch.Tensor]):
+        self.classify = classify
+        self.correct = 0
+        self.count = 0
+
+    def update(self, samples: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        """Classify a labelled batch; an unlabelled batch (unconditional sampling) is not counted."""
+        if labels is None:
+            return
+        predicted = self.classify(samples).to("cpu")
+        self.correct += int((predicted == torch.as_tensor(labels, device="cpu").long()).sum())
+        self.count += len(predicted)
+
+    def shard_state(self) -> dict:
+        """This process's share for rank 0 (bench.distributed): its counts."""
+        return {"correct": self.correct, "count": self.count}
+
+    def merge_shards(self, states: list[dict]) -> None:
+        """Add every rank's counts."""
+        self.correct = sum(state["correct"] for state in states)
+        self.count = sum(state["count"] for state in states)
+
+    def compute(self) -> dict[str, float]:
+        """{'cond_acc', 'cond_acc_n'}; cond_acc is NaN when no labelled sample was seen."""
+        return {"cond_acc": self.correct / self.count if self.count else math.nan, "cond_acc_n": self.count}
+
+
+def classifier_labels(dataset: str, device: str = "cpu") -> Callable[[torch.Tensor], torch.Tensor]:
+    """The dataset's shipped classifier as images in [-1, 1] -> class index, with inputs quantized to uint8
+    as for FID (so cond_acc scores the images a user would save)."""
+    net = load_feature_net(dataset).to(device)
+
+    @torch.no_grad()
+    def classify(images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([net(from_uint8(to_uint8(batch)).to(device)).argmax(1) for batch in images.split(500)])
+    return classify
+
+
+def create_cond_acc(denoiser, context: dict) -> ClassAccuracy | None:
+    """cond_acc for class-conditional models: the conditional oracle's Bayes classifier, or the shipped
+    classifier of the model's dataset when its classes are that dataset's classes."""
+    num_classes = getattr(denoiser, "num_classes", 0)
+    if not num_classes:
+        return None
+    if hasattr(denoiser, "classify"):
+        return ClassAccuracy(denoiser.classify)
+    dataset = denoiser.info.dataset
+    if dataset not in shipped_datasets() or DATASETS[dataset].num_classes != num_classes \
+            or tuple(denoiser.info.image_shape) != DATASETS[dataset].image_shape:
+        return None
+    return ClassAccuracy(classifier_labels(dataset, context.get("device", "cpu")))
+
+
 @hookimpl
 def register_metrics(register):
     register(MetricSpec("fid", "FID in the dataset's classifier feature space (Inception-v3 with --fid-weights "
@@ -286,3 +351,5 @@ def register_metrics(register):
     register(MetricSpec("oracle-fd", "Exact Fréchet distance between samples and the Gaussian-mixture "
                         "oracle's true distribution, plus max mean and per-pixel variance errors",
                         create_oracle_fd))
+    register(MetricSpec("cond-acc", "Share of class-conditional samples that the dataset's shipped classifier "
+                        "(the oracle's Bayes classifier) assigns to the requested class", create_cond_acc))

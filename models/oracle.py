@@ -8,11 +8,13 @@ difference between samples and data is the sampler's own discretisation error.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 
 from bench import Denoiser, DenoiserInfo, ModelSpec, NoiseSchedule, hookimpl
+from bench.errors import UserError
 
 
 class GaussianMixture:
@@ -133,7 +135,6 @@ class OracleDenoiser(Denoiser):
 
     continuous_time = True
 
-
     def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule | None = None, name: str = "gaussian-oracle",
                  device: torch.device | str = "cpu"):
         schedule = schedule or NoiseSchedule.linear(1000)
@@ -157,8 +158,69 @@ def load_oracle(size: int, name: str):
     return load
 
 
+# --------------------------------------------------------------------------- class-conditional oracle
+
+
+def mixture_component(mixture: GaussianMixture, k: int) -> GaussianMixture:
+    """Component k of a mixture as a one-component mixture (a single diagonal Gaussian)."""
+    return GaussianMixture(mixture.means[k:k + 1], mixture.variances[k:k + 1], torch.ones(1), mixture.image_shape)
+
+
+class ConditionalOracleDenoiser(OracleDenoiser):
+    """A class-conditional exact model: class k is mixture component k, the null label K the whole mixture.
+
+    eps*(x_t, t, k) is component k's Gaussian eps and eps*(x_t, t, K) the mixture's, row by row, so
+    classifier-free guidance on it is exact too. With equal weights, balanced labels (index mod K)
+    sample exactly the mixture, which `oracle-fd` scores against.
+    """
+
+    def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule | None = None,
+                 name: str = "gaussian-oracle-cond", device: torch.device | str = "cpu"):
+        super().__init__(mixture, schedule, name, device)
+        self.info = dataclasses.replace(self.info, num_classes=len(mixture.weights))
+        self.components = [mixture_component(mixture, k) for k in range(len(mixture.weights))]
+
+    def predict_eps(self, x_t, t, cond=None):
+        alpha_bar = self.schedule.alpha_bar.to(x_t.device)[t].reshape(-1).expand(x_t.shape[0])
+        if cond is None:
+            return self.mixture.optimal_eps(x_t, alpha_bar)
+        labels = torch.as_tensor(cond, device=x_t.device).long().expand(x_t.shape[0])
+        if labels.min() < 0 or labels.max() > self.num_classes:
+            raise UserError(f"{self.info.name}: class labels must be in 0..{self.num_classes} "
+                            f"({self.num_classes} is the null label), got {labels.min()}..{labels.max()}")
+        eps = torch.empty_like(x_t)
+        for label in labels.unique().tolist():
+            rows = labels == label
+            model = self.mixture if label == self.num_classes else self.components[label]
+            eps[rows] = model.optimal_eps(x_t[rows], alpha_bar[rows])
+        return eps
+
+    @torch.no_grad()
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        """The Bayes classifier of clean images: argmax_k log pi_k + log N(x; mu_k, diag(s_k^2))."""
+        x = images.reshape(images.shape[0], -1).to("cpu", torch.float64)
+        inv_var = 1.0 / self.mixture.variances
+        quad = (x * x) @ inv_var.T - 2 * x @ (self.mixture.means * inv_var).T + (self.mixture.means**2 * inv_var).sum(1)
+        return (-0.5 * (quad - inv_var.log().sum(1)) + self.mixture.weights.log()).argmax(1)
+
+
+def make_conditional_mixture(size: int = 8) -> GaussianMixture:
+    """The oracle's stroke patterns and per-pixel stds with equal weights: one class per component."""
+    mixture = make_mixture(size)
+    return GaussianMixture(mixture.means, mixture.variances, torch.ones(len(mixture.weights)), mixture.image_shape)
+
+
+def load_conditional_oracle(size: int, name: str):
+    def load(device="cpu"):
+        return ConditionalOracleDenoiser(make_conditional_mixture(size), name=name, device=device)
+    return load
+
+
 @hookimpl
 def register_models(register):
+    register(ModelSpec("gaussian-oracle-cond", "Exact class-conditional denoiser of an 8x8 Gaussian mixture: "
+                       "class k is component k (4 classes, equal weights), the null label the whole mixture",
+                       load_conditional_oracle(8, "gaussian-oracle-cond")))
     register(ModelSpec("gaussian-oracle", "Exact optimal denoiser of an 8x8 Gaussian mixture (4 components); "
                        "samples are scored against the true distribution", load_oracle(8, "gaussian-oracle")))
     register(ModelSpec("gaussian-oracle-28", "Exact optimal denoiser of a 28x28 Gaussian mixture (4 components)",
