@@ -102,6 +102,27 @@ def test_the_unipc_predictor_alone_is_dpm_solver_pp_multistep(registry, oracle, 
     assert torch.allclose(unip, dpmpp, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("order,variant", [(1, "bh2"), (2, "bh1"), (2, "bh2"), (3, "bh1"), (3, "bh2")])
+def test_unipc_corrected_states_match_diffusers_unipc_on_the_same_timesteps(registry, oracle, order, variant):
+    """diffusers' UniPCMultistepScheduler (float32 sigmas) as a cross-check of every corrected state.
+
+    The final jump differs by design: ours denoises from the corrected state, diffusers returns the data
+    prediction made at the uncorrected one (and with bh1 its B(h) = -h is -inf there: NaN in 0.42.1).
+    """
+    diffusers = pytest.importorskip("diffusers")
+    ours = []
+    _, timesteps = _run(registry, "unipc", {"order": order, "variant": variant}, oracle, 9,
+                        callback=lambda state: ours.append(state["x"].clone()))
+    scheduler = diffusers.UniPCMultistepScheduler(solver_order=order, solver_type=variant)
+    scheduler.set_timesteps(len(timesteps))
+    scheduler.timesteps = torch.tensor(timesteps)
+    scheduler.sigmas = torch.tensor([oracle.schedule.sigma_at(t) for t in timesteps] + [0.0], dtype=torch.float32)
+    x = ours[0]
+    for t, state in zip(timesteps, ours):
+        x = scheduler.step(oracle(x, t), t, x).prev_sample
+        assert torch.allclose(scheduler.last_sample, state, rtol=0, atol=2e-6)
+
+
 def test_unipc_corrector_costs_no_network_call_and_changes_the_result(registry, oracle):
     counts, results = [], []
     for corrector in (True, False):
