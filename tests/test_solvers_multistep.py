@@ -14,6 +14,7 @@ from bench.errors import UserError
 from bench.measure import CountingDenoiser
 from bench.orders import STEPS, OrderCase, fit_order, measure
 from bench.plugins import load_registry
+from bench.sampling import batch_noise
 from models.oracle import OracleDenoiser
 from samplers.deis import lagrange_weights, tab_coefficients
 from samplers.pndm import ADAMS_BASHFORTH
@@ -121,6 +122,22 @@ def test_unipc_corrected_states_match_diffusers_unipc_on_the_same_timesteps(regi
     for t, state in zip(timesteps, ours):
         x = scheduler.step(oracle(x, t), t, x).prev_sample
         assert torch.allclose(scheduler.last_sample, state, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("steps", [6, 25])
+def test_plms_matches_diffusers_pndm_with_its_runge_kutta_warm_up(registry, oracle, steps):
+    """diffusers' PNDMScheduler (pseudo Runge-Kutta warm-up, 'leading' timesteps, final alpha_bar 1) as a
+    cross-check: same result to float32 precision, and the same number of model calls, N + 9."""
+    diffusers = pytest.importorskip("diffusers")
+    ours, timesteps = _run(registry, "plms", {"plan": "leading"}, oracle, steps)
+    scheduler = diffusers.PNDMScheduler(skip_prk_steps=False, set_alpha_to_one=True, steps_offset=0,
+                                        timestep_spacing="leading")
+    scheduler.set_timesteps(steps)
+    assert len(scheduler.timesteps) == steps + 9
+    x = batch_noise(0, torch.arange(4), oracle.image_shape, dtype=torch.float64).initial()
+    for t in scheduler.timesteps:
+        x = scheduler.step(oracle(x, int(t)), t, x).prev_sample
+    assert torch.allclose(x, ours, rtol=0, atol=1e-5)
 
 
 def test_unipc_corrector_costs_no_network_call_and_changes_the_result(registry, oracle):
