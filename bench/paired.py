@@ -234,3 +234,41 @@ def paired_report(out_dir: Path, df: pd.DataFrame, config: dict) -> list[str]:
             f"with 95% paired bootstrap intervals ({resamples} resamples of the image indices, the same for both "
             "configurations: every configuration sampled the same images' noise). Significant: the paired "
             f"interval excludes 0. {summary} All pairs: paired.csv.", ""] + paired_sentences(table)
+
+
+FID_INFINITY_POINTS = 15
+FID_INFINITY_SMALLEST = 0.2  # the smallest subset is this fraction of the images
+
+
+def fid_infinity(rows: torch.Tensor, reference: Reference, seed: int = 0, points: int = FID_INFINITY_POINTS,
+                 smallest: float = FID_INFINITY_SMALLEST) -> tuple[float, float]:
+    """FID extrapolated to infinitely many images (Chong & Forsyth 2020, "Effectively Unbiased FID").
+
+    FID is biased upwards by a term close to c / n; the distance is computed on nested random subsets
+    of n images (n evenly spaced from `smallest` x N to N, one seeded shuffle), a line FID = FID_inf +
+    c / n is fitted by least squares, and its intercept is FID_inf. Returns (FID_inf, slope c), so runs
+    with different numbers of images can be compared.
+    """
+    n_total = len(rows)
+    sizes = np.unique(np.linspace(max(2, int(n_total * smallest)), n_total, points).astype(int))
+    order = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))
+    weights = torch.zeros(len(sizes), n_total, dtype=torch.float64)
+    for i, size in enumerate(sizes):
+        weights[i, order[:size]] = 1.0
+    distances = bootstrap_distances(rows, weights, reference).numpy()
+    slope, intercept = np.polyfit(1.0 / sizes, distances, 1)
+    return float(intercept), float(slope)
+
+
+def fid_infinity_lines(out_dir: Path, df: pd.DataFrame, seed: int = 0) -> list[str]:
+    """The report's FID-infinity lines, one per ok row with saved FID feature rows; [] when there are none."""
+    reference = load_reference(out_dir)
+    if reference is None or reference.column != "fid" or "features_file" not in df.columns:
+        return []
+    ok = df[(df["status"] == "ok") & df["features_file"].notna()]
+    lines = []
+    for _, row in ok.iterrows():
+        value, slope = fid_infinity(torch.from_numpy(np.load(Path(out_dir) / row["features_file"])), reference, seed)
+        lines.append(f"{_label(row)}: FID {row['fid']:.4g} at n = {int(row['num_samples'])}, "
+                     f"FID∞ {value:.4g} (bias slope {slope:.4g} / n)")
+    return lines

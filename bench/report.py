@@ -311,6 +311,12 @@ def build_report(out_dir: Path) -> Path:
     paired = paired_report(out_dir, df, config)
     if paired:
         md += ["", "## Paired comparisons at equal NFE", "", paired[0], ""] + [f"- {s}" for s in paired[2:]]
+    from bench.paired import fid_infinity_lines
+    infinity = fid_infinity_lines(out_dir, df)
+    if infinity:
+        md += ["", "## FID at infinitely many images", "", "FID is biased upwards by about c / n; FID∞ fits FID = "
+               "FID∞ + c / n on nested subsets of the images and extrapolates (Chong & Forsyth 2020), so runs "
+               "with different numbers of images compare.", ""] + [f"- {s}" for s in infinity]
     md += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     md += ["", "## Results", "", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     md += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
@@ -331,6 +337,9 @@ def build_report(out_dir: Path) -> Path:
     if paired:
         body += ["<h2>Paired comparisons at equal NFE</h2>", f"<p>{html.escape(paired[0])}</p><ul>"]
         body += [f"<li>{bold(s)}</li>" for s in paired[2:]] + ["</ul>"]
+    if infinity:
+        body += ["<h2>FID at infinitely many images</h2><ul>"] + [f"<li>{html.escape(s)}</li>" for s in infinity]
+        body += ["</ul>"]
     body += ["<h2>Plots</h2>"] + [f'<img src="{p}" style="max-width:48%">' for p in plots]
     body += ["<h2>Results</h2>", table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}")]
     if not failed.empty:

@@ -24,7 +24,7 @@ MAX_PASSES = 20        # ... but never more than this many passes
 BUSY_SPREAD = 0.25     # (q3 - q1) / median of seconds per image above this: the timing is flagged as noisy
 TIMING_COLUMNS = ["wall_s", "wall_s_q1", "wall_s_q3", "wall_s_min", "wall_s_max", "s_per_image", "images_per_s",
                   "timing_spread", "timing_batches", "timing_passes", "load_before", "load_after", "cpu_cores",
-                  "threads", "busy", "world_size"]
+                  "threads_before", "threads", "busy", "world_size"]
 
 
 def cpu_cores() -> int:
@@ -99,7 +99,7 @@ def summarize(times: BatchTimes, num_images: int, before: MachineState, after: M
             "s_per_image": median, "images_per_s": 1 / median if median > 0 else math.inf,
             "timing_spread": spread, "timing_batches": len(per_image), "timing_passes": times.passes,
             "load_before": before.load, "load_after": after.load, "cpu_cores": after.cores,
-            "threads": after.threads, "busy": bool(before.busy or after.busy)}
+            "threads_before": before.threads, "threads": after.threads, "busy": bool(before.busy or after.busy)}
 
 
 def summarize_ranks(times: list[BatchTimes], images: list[int], before: list[MachineState],

@@ -67,3 +67,14 @@ def test_paired_fid_interval_is_narrower_on_digits(registry, tmp_path):
     df = read_results_csv(out / "results.csv")
     table = paired_table(out, df, resamples=200)
     assert len(table) == 1 and table["width_ratio"].iloc[0] < 0.8
+
+
+def test_fid_infinity_removes_most_of_the_small_sample_bias_on_exact_samples(oracle):
+    from bench.paired import fid_infinity
+    reference, ones = _truth(oracle), torch.ones(1, 1000, dtype=torch.float64)
+    at_n, extrapolated = [], []
+    for seed in range(4):  # exact samples: the true distance is 0, so what FD measures at n = 1000 is bias
+        rows = oracle.mixture.sample(1000, generator=torch.Generator().manual_seed(seed)).reshape(1000, -1).double()
+        at_n.append(float(bootstrap_distances(rows, ones, reference)[0]))
+        extrapolated.append(abs(fid_infinity(rows, reference)[0]))
+    assert sum(extrapolated) < sum(at_n) / 4  # measured 0.035 against 0.235
