@@ -181,7 +181,7 @@ class ConditionalOracleDenoiser(OracleDenoiser):
         self.components = [mixture_component(mixture, k) for k in range(len(mixture.weights))]
 
     def predict_eps(self, x_t, t, cond=None):
-        alpha_bar = self.schedule.alpha_bar.to(x_t.device)[t].reshape(-1).expand(x_t.shape[0])
+        alpha_bar = self.schedule.alpha_bar_of(t).reshape(-1).expand(x_t.shape[0])  # t may be real (continuous time)
         if cond is None:
             return self.mixture.optimal_eps(x_t, alpha_bar)
         labels = torch.as_tensor(cond, device=x_t.device).long().expand(x_t.shape[0])

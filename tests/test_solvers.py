@@ -239,6 +239,13 @@ def test_recomputing_coefficients_at_the_rounded_time_keeps_dpm_solver_2_converg
     assert errors[DiscreteOracle, 320] < errors[NaiveDiscreteGaussian, 320] / 10
 
 
+@pytest.mark.parametrize("name", ["dpm-solver-2", "edm-stochastic"])
+def test_intermediate_real_times_work_on_the_class_conditional_oracle_too(registry, name):
+    model = registry.model("gaussian-oracle-cond").load("cpu")
+    x, _ = _run(registry, name, {}, model, 6)
+    assert bool(torch.isfinite(x).all())
+
+
 # ----------------------------------------------------------------------------- stochastic solvers
 
 def test_edm_stochastic_without_churn_is_heun(registry, oracle):
