@@ -39,8 +39,16 @@ def cmd_list(args) -> int:
     sections = [("Samplers", registry.samplers), ("Presets", registry.presets), ("Models", registry.models),
                 ("Metrics", registry.metrics)]
     if args.json:
-        print(json.dumps({title.lower(): {name: {"description": item.description, "plugin": item.plugin}
-                                          for name, item in table.items()} for title, table in sections}, indent=2))
+        from bench.registry import SamplerSpec
+
+        def entry(item) -> dict:
+            out = {"description": item.description, "plugin": item.plugin}
+            if isinstance(item, SamplerSpec):  # each parameter with its default and allowed values
+                out["params"] = {k: {"default": p.default, "help": p.help, "allowed": p.allowed()}
+                                 for k, p in item.params.items()}
+            return out
+        print(json.dumps({title.lower(): {name: entry(item) for name, item in table.items()}
+                          for title, table in sections}, indent=2, default=str))
         return 0
     for title, table in sections:
         print(f"{title}:")
@@ -85,7 +93,10 @@ seed_int = _int_in(*INT64, what="an integer seed")
 
 def _step_list(text: str) -> tuple[str, ...]:
     """Comma-separated step counts; checked (integers in 1..T) once the model's T is known."""
-    return tuple(s for s in text.replace(" ", "").split(",") if s)
+    values = tuple(s for s in text.replace(" ", "").split(",") if s)
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated values like 10,20,50, got {text!r}")
+    return values
 
 
 def _given_options(args) -> dict:

@@ -126,6 +126,26 @@ def nothing():
     return None
 
 
+RANGED_PLUGIN = """
+from bench import Param, SamplerSpec, hookimpl
+from samplers.ddim import sample_ddim
+
+
+def scaled(denoiser, x, timesteps, noise, *, scale=1.0, **kwargs):
+    return sample_ddim(denoiser, x * scale, timesteps, noise, **kwargs)
+
+
+@hookimpl
+def register_samplers(register):
+    register(SamplerSpec("scaled", scaled, "DDIM from a scaled x_T",
+                         {"scale": Param(1.0, "x_T scale", low=0.5, high=2)}))
+"""
+
+
+def ranged_plugin():
+    Path("ranged.py").write_text(RANGED_PLUGIN)
+
+
 CUDA_CASE = ([] if torch.cuda.is_available() else
              [("device-cuda-without-cuda", nothing, [*RUN, "--device", "cuda"], 2, ["CUDA", "not available"])])
 
@@ -136,6 +156,11 @@ CASES = [
     ("steps-above-T", nothing, [*RUN, "--steps", "1001"], 2, ["between 1 and T=1000"]),
     ("steps-fraction", nothing, [*RUN, "--steps", "2.5"], 2, ["integers"]),
     ("steps-word", nothing, [*RUN, "--steps", "ten"], 2, ["integers"]),
+    ("steps-empty", nothing, [*RUN, "--steps", ","], 2, ["--steps", "comma-separated"]),
+    ("plugin-parameter-above-its-range", ranged_plugin, ["run", "--plugin", "ranged.py", *RUN[1:], "--samplers",
+                                                         "scaled:scale=3"], 2, ["scale=3", "[0.5, 2]"]),
+    ("plugin-parameter-nan", ranged_plugin, ["run", "--plugin", "ranged.py", *RUN[1:], "--samplers",
+                                             "scaled:scale=nan"], 2, ["scale=nan", "finite"]),
     ("unknown-parameter", nothing, [*RUN, "--samplers", "ddim:etta=1"], 2, ["no parameter 'etta'"]),
     ("parameter-not-a-number", nothing, [*RUN, "--samplers", "ddim:eta=abc"], 2, ["eta", "not a valid float"]),
     ("eta-negative", nothing, [*RUN, "--samplers", "ddim:eta=-1"], 2, ["eta", "[0, inf)"]),
@@ -271,6 +296,12 @@ def test_bad_input_is_one_line_with_exit_code_and_writes_nothing(sandbox, capsys
         assert word in lines[0], (word, lines[0])
     assert snapshot(sandbox) == before
     assert snapshot(WEIGHTS) == weights_before
+
+
+def test_list_says_each_parameters_allowed_values(capsys):
+    assert main(["list", "--json"]) == 0
+    params = json.loads(capsys.readouterr().out)["samplers"]["ddim"]["params"]
+    assert params["eta"]["allowed"] == "in [0, inf)" and params["plan"]["allowed"].startswith("one of uniform")
 
 
 # --------------------------------------------------------------------------- --force and the tool's marker
