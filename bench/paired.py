@@ -143,8 +143,10 @@ def compare_rows(rows: dict[str, torch.Tensor], points: dict[str, float], refere
     """Every pair of configurations: the difference of their distances, with paired and unpaired intervals.
 
     `rows` maps a configuration label to its (N, D) per-image rows (the same N images for all);
-    `points` to its reported distance. Paired: one set of resampled indices for all configurations.
-    Unpaired: an independent set per configuration.
+    `points` to its reported distance. Paired: resample r of both configurations uses the same
+    resampled indices (the same ones as the per-row FID interval, which draws them with the same
+    seed). Unpaired: resample r of one configuration against resample r + 1 of the other, drawn
+    independently, so each configuration's bootstrap is computed once.
     """
     sizes = {len(r) for r in rows.values()}
     if len(sizes) != 1:
@@ -152,13 +154,11 @@ def compare_rows(rows: dict[str, torch.Tensor], points: dict[str, float], refere
     n = sizes.pop()
     shared = resample_counts(n, resamples, seed)
     joint = {label: bootstrap_distances(r, shared, reference) for label, r in rows.items()}
-    alone = {label: bootstrap_distances(r, resample_counts(n, resamples, seed + 1 + i), reference)
-             for i, (label, r) in enumerate(rows.items())}
     out = []
     for a, b in itertools.combinations(rows, 2):
         diff = points[a] - points[b]
         out.append(Comparison(a, b, diff, shifted_interval(diff, joint[a] - joint[b]),
-                              shifted_interval(diff, alone[a] - alone[b]), same_rows(rows[a], rows[b])))
+                              shifted_interval(diff, joint[a] - joint[b].roll(1)), same_rows(rows[a], rows[b])))
     return out
 
 
