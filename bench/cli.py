@@ -161,8 +161,14 @@ def cmd_run(args) -> int:
 
 def cmd_report(args) -> int:
     """Rebuild plots and report.md/html of a results folder."""
-    from bench.report import build_report
-    print(build_report(Path(args.dir)))
+    from bench.report import build_report, load_results
+    from bench.results import is_results_folder
+    folder = Path(args.dir)
+    load_results(folder)  # a missing or unreadable results.csv or config.json is reported first
+    if not is_results_folder(folder):
+        raise UserError(f"{folder} is not a sampler-bench results folder (no config.json written by the tool next "
+                        "to its results.csv); report writes plots and report.md/html only into folders the tool made")
+    print(build_report(folder))
     return 0
 
 
