@@ -45,8 +45,7 @@ class GuidedDenoiser:
             raise UserError("guided sampling needs class labels (cond)")
         batch = x_t.shape[0]
         cond = torch.as_tensor(cond, device=x_t.device).long().expand(batch)
-        t = torch.as_tensor(t, device=x_t.device)
-        both_t = torch.cat([t, t]) if t.dim() == 1 else t
+        both_t = torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.dim() == 1 else t  # a scalar t stays as given
         both = self.inner(torch.cat([x_t, x_t]), both_t, torch.cat([cond, torch.full_like(cond, self.null_label)]))
         eps_cond, eps_uncond = both[:batch], both[batch:]
         return torch.lerp(eps_uncond, eps_cond, 1.0 + self.scale)  # uncond + (1 + w)(cond - uncond)

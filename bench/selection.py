@@ -73,10 +73,7 @@ def resolve_samplers(items: tuple[str, ...] | list[str], registry: Registry) -> 
             name, _, param_text = part.partition(":")
             name = name.strip()
             if name == "all":
-                choices += [SamplerChoice(s.name, s, s.resolve_params()) for s in registry.samplers.values()]
-                choices += [SamplerChoice(p.name, registry.samplers[p.sampler],
-                                          registry.samplers[p.sampler].resolve_params(p.params))
-                            for p in registry.presets.values()]
+                choices += every_configuration(registry)
                 continue
             overrides = parse_params(param_text)
             if name in registry.presets:
@@ -94,6 +91,16 @@ def resolve_samplers(items: tuple[str, ...] | list[str], registry: Registry) -> 
     if not unique:
         raise UserError("no samplers selected; try --samplers all")
     return list(unique.values())
+
+
+def every_configuration(registry: Registry) -> list[SamplerChoice]:
+    """`--samplers all`: every sampler at its defaults, then every preset; a sampler whose defaults equal a
+    preset (dpm-solver++ = dpmpp-2m) runs once, under the preset's better-known name."""
+    presets = [SamplerChoice(p.name, spec, spec.resolve_params(p.params))
+               for p in registry.presets.values() for spec in [registry.samplers[p.sampler]]]
+    covered = {(c.spec.name, repr(sorted(c.params.items()))) for c in presets}
+    samplers = [SamplerChoice(s.name, s, s.resolve_params()) for s in registry.samplers.values()]
+    return [c for c in samplers if (c.spec.name, repr(sorted(c.params.items()))) not in covered] + presets
 
 
 def validate_steps(steps, num_timesteps: int) -> tuple[int, ...]:

@@ -101,3 +101,24 @@ def test_bad_guidance_and_class_options_are_refused_before_anything_is_written(t
     with pytest.raises(UserError, match=message):
         run_benchmark(config, _registry_with_labelled_model(), out=str(tmp_path / "run"), quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+def test_all_runs_a_sampler_whose_defaults_equal_a_preset_once_under_the_preset_name(registry):
+    from bench.selection import resolve_samplers
+
+    labels = [c.label for c in resolve_samplers(["all"], registry)]
+    assert "dpmpp-2m" in labels and "dpm-solver++" not in labels
+    assert len({(c.spec.name, repr(sorted(c.params.items()))) for c in resolve_samplers(["all"], registry)}) == \
+        len(labels)
+
+
+def test_guidance_keeps_a_real_valued_time_as_given(registry):
+    seen = []
+
+    class Recorder(LabelledDenoiser):
+        def __call__(self, x_t, t, cond=None):
+            seen.append(t)
+            return super().__call__(x_t, round(t), cond)
+
+    GuidedDenoiser(Recorder(), 1.0)(torch.zeros(2, 1, 4, 4), 12.25, torch.tensor([0, 1]))
+    assert seen == [12.25]
