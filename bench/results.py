@@ -38,7 +38,7 @@ def write_csv_atomic(rows: list[dict], path: Path, columns=None) -> None:
 
 
 TOOL = "sampler-bench"  # config.json's "tool": how --force knows that the tool wrote a folder
-TOOL_FILES = ("config.json", "results.csv", "report.md", "report.html")  # what the tool writes at the top
+TOOL_FILES = ("config.json", "results.csv", "report.md", "report.html", "paired.csv")  # written at the top
 TOOL_FOLDERS = {"samples": (".png",), "trajectories": (".png",), "plots": (".png",),  # its folders and the
                 "features": (".npy", ".npz")}                                        # files it writes there
 START_COLUMNS = ("sampler", "steps", "status", "error")                   # results.csv before the first row
