@@ -310,9 +310,19 @@ def main(argv: list[str] | None = None) -> int:
                  if out_dir is not None else "")
         print(f"interrupted{where}", file=sys.stderr)
         return 130
+    except OSError as exc:  # a file the system would not read or write (permissions, full disk, vanished folder)
+        if exc.filename is None:
+            return _report_bug(exc, argv)
+        print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # anything else is our bug: no traceback on screen, but kept for the report
-        log = write_bug_log(argv)
-        kept = f"the traceback is in {log}" if log else "no log could be written"
-        print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} ({kept}); "
-              "this is a bug, please report it", file=sys.stderr)
-        return 1
+        return _report_bug(exc, argv)
+
+
+def _report_bug(exc: Exception, argv: list[str]) -> int:
+    """A short message and the path of a log holding the traceback (called while handling `exc`); exit code 1."""
+    log = write_bug_log(argv)
+    kept = f"the traceback is in {log}" if log else "no log could be written"
+    print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} ({kept}); "
+          "this is a bug, please report it", file=sys.stderr)
+    return 1

@@ -471,3 +471,14 @@ def test_an_unexpected_error_is_a_short_message_and_a_log_with_the_traceback(san
     logs = list((sandbox / "cache" / "sampler-bench" / "errors").glob("*.log"))
     assert len(logs) == 1 and str(logs[0]) in err
     assert "Traceback" in logs[0].read_text() and "planted bug" in logs[0].read_text()
+
+
+def test_a_file_the_system_refuses_is_a_one_line_error_naming_it(sandbox, capsys, monkeypatch):
+    import bench.cli
+
+    def full_disk(args):
+        raise OSError(28, "No space left on device", "r/results.csv.tmp")
+
+    monkeypatch.setattr(bench.cli, "cmd_list", full_disk)
+    assert main(["list"]) == 2
+    assert capsys.readouterr().err == "error: r/results.csv.tmp: No space left on device\n"
