@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -43,7 +44,8 @@ def lagrange_weights(nodes: Sequence[float], start: float, end: float, w: Callab
     return out
 
 
-def tab_coefficients(schedule, nodes: Sequence[float], start: float, end: float) -> list[float]:
+@functools.lru_cache(maxsize=4096)  # a plan's steps recur in every batch: integrate each once
+def tab_coefficients(schedule, nodes: tuple[float, ...], start: float, end: float) -> list[float]:
     """C_j = int_start^end dsigma/dtau l_j(tau) dtau for the Lagrange basis on the times `nodes` (newest first),
     sigma = sqrt((1 - alpha_bar) / alpha_bar) at real time tau. Between trained timesteps the schedule
     interpolates log alpha_bar linearly, so the integral is split at every integer time."""
@@ -81,7 +83,7 @@ def sample_deis(denoiser, x, timesteps, noise, *, order=3, afs=False, lower_orde
         past = (past + [(cur.t, eps)])[-order:]
         q = step_order(order, i, len(timesteps), len(history), lower_order_final)
         newest_first = past[::-1][:q]
-        coefficients = tab_coefficients(schedule, [t for t, _ in newest_first], cur.t, nxt.t)
+        coefficients = tab_coefficients(schedule, tuple(t for t, _ in newest_first), cur.t, nxt.t)
         x_hat = x * (1 / cur.alpha)
         for c, (_, e) in zip(coefficients, newest_first):
             x_hat = x_hat.add(e, alpha=c)

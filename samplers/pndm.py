@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -90,8 +92,7 @@ def sample_ipndm(denoiser, x, timesteps, noise, *, order=4, variable_step=False,
         past = (past + [(cur, eps)])[-order:]
         newest_first = past[::-1]
         if variable_step:
-            sigmas = [lv_.sigma_edm for lv_, _ in newest_first]
-            weights = lagrange_weights(sigmas, cur.sigma_edm, nxt.sigma_edm, _identity)
+            weights = variable_step_weights(tuple(lv_.sigma_edm for lv_, _ in newest_first), nxt.sigma_edm)
         else:
             weights = [(nxt.sigma_edm - cur.sigma_edm) * b for b in ADAMS_BASHFORTH[len(past)]]
         x_hat = x * (1 / cur.alpha)
@@ -99,6 +100,13 @@ def sample_ipndm(denoiser, x, timesteps, noise, *, order=4, variable_step=False,
             x_hat = x_hat.add(e, alpha=w)
         x = x_hat.mul_(nxt.alpha)
     return x
+
+
+@functools.lru_cache(maxsize=4096)  # a plan's steps recur in every batch: integrate each once
+def variable_step_weights(sigmas: tuple[float, ...], sigma_next: float) -> list[float]:
+    """int_{sigma_0}^{sigma_next} l_j(s) ds for the Lagrange basis on `sigmas` (newest first): the
+    Adams-Bashforth weights for the actual, unequal steps."""
+    return lagrange_weights(sigmas, sigmas[0], sigma_next, _identity)
 
 
 def _identity(values: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ anyway, so it costs no network call and raises the order from p to p + 1 (their 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -31,7 +32,8 @@ def phi(k: int, z: float) -> float:
     return value
 
 
-def unipc_coefficients(ratios: list[float], h: float, variant: str) -> tuple[float, list[float], list[float]]:
+@functools.lru_cache(maxsize=4096)  # a plan's steps recur in every batch: solve each once
+def unipc_coefficients(ratios: tuple[float, ...], h: float, variant: str) -> tuple[float, list[float], list[float]]:
     """B(h) and the weights a of UniP-p and UniC-p from the order conditions R_p(h) a_p = g_p(h) / B(h).
 
     `ratios` are r_m = (lambda_{i-m} - lambda_i) / h of the p - 1 earlier outputs; UniC adds r_p = 1 for the
@@ -42,7 +44,7 @@ def unipc_coefficients(ratios: list[float], h: float, variant: str) -> tuple[flo
     hh = -h
     b_h = hh if variant == "bh1" else math.expm1(hh)
     p = len(ratios) + 1
-    r = torch.tensor(ratios + [1.0], dtype=torch.float64)
+    r = torch.tensor([*ratios, 1.0], dtype=torch.float64)
     rows = torch.stack([r**k for k in range(p)])
     g = torch.tensor([math.factorial(k) * hh * phi(k + 1, hh) / b_h for k in range(1, p + 1)], dtype=torch.float64)
     # As the paper's code: a_1 = 1/2 for UniP-2 and UniC-1, which meets the order condition to the accuracy
@@ -64,7 +66,7 @@ def unipc_update(x: torch.Tensor, past: list[tuple[Level, torch.Tensor]], nxt: L
     cur, m0 = past[-1]
     older = past[-2::-1]   # m_{-1}, m_{-2}, ...
     h = nxt.lam - cur.lam
-    ratios = [(lv.lam - cur.lam) / h for lv, _ in older]
+    ratios = tuple((lv.lam - cur.lam) / h for lv, _ in older)
     b_h, a_pred, a_corr = unipc_coefficients(ratios, h, variant)
     diffs = [(m - m0) / r for (_, m), r in zip(older, ratios)]
     x_base = torch.add(x * (nxt.sigma / cur.sigma), m0, alpha=-nxt.alpha * math.expm1(-h))

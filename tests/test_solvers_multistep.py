@@ -242,7 +242,7 @@ def test_lagrange_weights_integrate_polynomials_exactly_across_breaks():
 def test_deis_weights_sum_to_the_sigma_step(single):
     schedule = single.schedule
     start, end = 612.25, 431.5
-    weights = tab_coefficients(schedule, [start, 700.0, 801.75], start, end)
+    weights = tab_coefficients(schedule, (start, 700.0, 801.75), start, end)
     assert sum(weights) == pytest.approx(schedule.sigma_at(end) - schedule.sigma_at(start), rel=1e-13)
 
 
