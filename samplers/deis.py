@@ -60,7 +60,8 @@ def tab_coefficients(schedule, nodes: tuple[float, ...], start: float, end: floa
 
 def sample_deis(denoiser, x, timesteps, noise, *, order=3, afs=False, lower_order_final=True, history=(),
                 callback=None, cond=None, **_):
-    """tAB-DEIS (Zhang & Chen 2023, Sec. 4: the multistep exponential integrator tAB and its weights C_ij):
+    """tAB-DEIS (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential Integrator": the
+    multistep exponential integrator with eps polynomial in t, and its weights C_ij):
 
         x_{i+1} / alpha_{i+1} = x_i / alpha_i + sum_j C_ij eps_{i-j},
         C_ij = int_{t_i}^{t_{i+1}} dsigma/dtau l_j(tau) dtau

@@ -21,15 +21,18 @@ ADAMS_BASHFORTH = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12)
 
 
 def ddim_transfer(x: torch.Tensor, eps: torch.Tensor, cur: Level, nxt: Level) -> torch.Tensor:
-    """PNDM's transfer part phi(x_t, eps, t, t') (Liu et al. 2022, Sec. 3): the deterministic DDIM step."""
+    """PNDM's transfer part phi(x_t, eps, t, t') (Liu et al. 2022): the deterministic DDIM step."""
     x0 = x0_from_eps(x, eps, cur.alpha_bar)
     return x0.mul_(nxt.alpha).add_(eps, alpha=nxt.sigma)
 
 
 def sample_plms(denoiser, x, timesteps, noise, *, history=(), callback=None, cond=None, **_):
-    """PNDM's pseudo linear multistep method (Liu et al. 2022, Sec. 3.3): x_{i+1} = phi(x_i, e'_i, t_i, t_{i+1})
-    with the linear multistep gradient e'_i = (55 e_i - 59 e_{i-1} + 37 e_{i-2} - 9 e_{i-3}) / 24, after three
-    pseudo Runge-Kutta steps (their pseudo 4th-order Runge-Kutta gradient: e_1 at x_i, e_2 and e_3 at the
+    """PLMS (Liu et al. 2022, "Pseudo Numerical Methods for Diffusion Models on Manifolds"), the pseudo linear
+    multistep method:
+
+        x_{i+1} = phi(x_i, e'_i, t_i, t_{i+1}),   e'_i = (55 e_i - 59 e_{i-1} + 37 e_{i-2} - 9 e_{i-3}) / 24,
+
+    after three pseudo Runge-Kutta steps (their pseudo 4th-order Runge-Kutta gradient: e_1 at x_i, e_2 and e_3 at the
     midpoint time, e_4 at t_{i+1}, e' = (e_1 + 2 e_2 + 2 e_3 + e_4) / 6) that supply the history.
     NFE = 4 x 3 + (N - 3). A discrete-time model evaluates the midpoint at its rounded time, and phi uses
     alpha_bar there. Seeded `history` (three evaluations) replaces the warm-up.
@@ -70,7 +73,7 @@ def plms_nfe(timesteps, params) -> int:
 
 def sample_ipndm(denoiser, x, timesteps, noise, *, order=4, variable_step=False, afs=False, history=(),
                  callback=None, cond=None, **_):
-    """iPNDM (Zhang & Chen 2023, the improved PNDM of their App.; the form diff-sampler ships): Adams-Bashforth
+    """iPNDM (Zhang & Chen 2023, their improved PNDM; the form diff-sampler ships): Adams-Bashforth
     on eps in the ODE dx^/dsigma = eps of x^ = x / alpha, sigma = sqrt((1 - alpha_bar) / alpha_bar):
 
         x^_{i+1} = x^_i + (sigma_{i+1} - sigma_i) sum_j b_j eps_{i-j},   b = (55, -59, 37, -9) / 24 at order 4,
