@@ -6,6 +6,7 @@ import html
 import io
 import json
 import math
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -41,6 +42,8 @@ def read_results_csv(path: Path) -> pd.DataFrame:
     if missing:
         raise UserError(f"{path} lacks the column(s) {', '.join(missing)}; is it a sampler-bench results.csv?")
     if len(df) and not text.endswith("\n"):
+        print(f"warning: {path}: the last line has no line end (cut off mid-write?); its row is ignored "
+              "(--resume redoes it)", file=sys.stderr)
         df = df.iloc[:-1]
     if len(df) and pd.to_numeric(df["steps"], errors="coerce").isna().any():
         raise UserError(f"{path}: the steps column holds values that are not integers")

@@ -399,12 +399,14 @@ def test_an_interrupt_before_the_first_row_leaves_a_resumable_folder(sandbox, ca
     assert list(pd.read_csv("r/results.csv")["status"]) == ["ok"]
 
 
-def test_a_truncated_last_row_is_redone_on_resume(sandbox):
+def test_a_truncated_last_row_is_redone_on_resume(sandbox, capsys):
     assert main([*RUN, "--steps", "2,3", "--out", "r"]) == 0
     whole = pd.read_csv("r/results.csv")
     text = Path("r/results.csv").read_text()
     Path("r/results.csv").write_text(text[: text.rindex(",ok,") + 4])  # cut the last row after its status
+    capsys.readouterr()
     assert main(["run", "--resume", "r", "--quiet"]) == 0
+    assert "the last line has no line end" in capsys.readouterr().err
     again = pd.read_csv("r/results.csv")
     assert list(again["steps"]) == [2, 3] and again["oracle_fd"].notna().all()
     assert again["oracle_fd"].tolist() == pytest.approx(whole["oracle_fd"].tolist())
