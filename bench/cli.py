@@ -136,6 +136,8 @@ def _resumed_config(args) -> RunConfig:
         config = RunConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
     except (TypeError, AttributeError) as exc:
         raise UserError(f"{stored}: not a run config this version can resume ({exc})") from None
+    except UserError as exc:
+        raise UserError(f"{stored} records a config that is not valid: {exc}") from None
     for name, value in _given_options(args).items():
         old = getattr(config, name)
         if _normalised(value) in (_normalised(old), _normalised(recorded.get(name))):

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from bench.errors import UserError
+
 DEFAULT_STEPS = (5, 10, 20, 50)  # where fast solvers differ; ddpm runs its full 1000 steps as the reference
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -35,6 +37,17 @@ class RunConfig:
     guidance: tuple[float, ...] = ()  # classifier-free guidance w (Ho & Salimans); () = 0 on conditional models
     classes: tuple[int, ...] = ()     # labels to cycle through; () = every class of a conditional model
     compile: bool = False             # torch.compile the network (compile time kept out of wall_s)
+
+    def __post_init__(self):
+        """The counts a run is made of are checked here, whoever builds the config (CLI, --resume, code)."""
+        for name, low in (("num_samples", 1), ("batch_size", 1), ("bootstrap", 0), ("grid_images", 0),
+                          ("trajectory_images", 0), ("seed", -(2**63))):
+            value = getattr(self, name)
+            if value is None and name in ("num_samples", "batch_size"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value < 2**63:
+                bound = "a 64-bit integer" if name == "seed" else f"an integer >= {low}"
+                raise UserError(f"--{name.replace('_', '-')} must be {bound}, got {value!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -221,6 +221,9 @@ CASES = [
      ["config.json", "not valid JSON"]),
     ("resume-config-not-a-run", results_with(config=b'{"config": {"warp": 9}}'), ["run", "--resume", "r"], 2,
      ["config.json", "warp"]),
+    ("resume-config-zero-samples", results_with(config=json.dumps(
+        {"tool": TOOL, "config": {**RECORDED.to_dict(), "num_samples": 0}}).encode()),
+     ["run", "--resume", "r"], 2, ["config.json", "--num-samples", ">= 1", "got 0"]),
     ("resume-other-steps", lambda: results_folder("r"), ["run", "--resume", "r", "--steps", "5", "--quiet"], 2,
      ["--steps 5", "differs", "2"]),
     ("resume-other-samplers", lambda: results_folder("r"), ["run", "--resume", "r", "--samplers", "ddpm"], 2,
