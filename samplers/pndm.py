@@ -15,6 +15,7 @@ from samplers.deis import lagrange_weights
 
 IPNDM_ORDERS = (1, 2, 3, 4)
 PLMS_WARMUP = 3   # pseudo Runge-Kutta steps before the linear multistep takes over
+PLMS_WARMUPS = ("runge-kutta", "improved-euler")
 # Adams-Bashforth weights for equal steps, newest output first (iPNDM uses them whatever the step sizes).
 ADAMS_BASHFORTH = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12),
                    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
@@ -26,49 +27,59 @@ def ddim_transfer(x: torch.Tensor, eps: torch.Tensor, cur: Level, nxt: Level) ->
     return x0.mul_(nxt.alpha).add_(eps, alpha=nxt.sigma)
 
 
-def sample_plms(denoiser, x, timesteps, noise, *, history=(), callback=None, cond=None, **_):
+def sample_plms(denoiser, x, timesteps, noise, *, warmup="runge-kutta", history=(), callback=None, cond=None,
+                **_):
     """PLMS (Liu et al. 2022, "Pseudo Numerical Methods for Diffusion Models on Manifolds"), the pseudo linear
     multistep method:
 
-        x_{i+1} = phi(x_i, e'_i, t_i, t_{i+1}),   e'_i = (55 e_i - 59 e_{i-1} + 37 e_{i-2} - 9 e_{i-3}) / 24,
+        x_{i+1} = phi(x_i, e'_i, t_i, t_{i+1}),   e'_i = (55 e_i - 59 e_{i-1} + 37 e_{i-2} - 9 e_{i-3}) / 24.
 
-    after three pseudo Runge-Kutta steps (their pseudo 4th-order Runge-Kutta gradient: e_1 at x_i, e_2 and e_3 at the
-    midpoint time, e_4 at t_{i+1}, e' = (e_1 + 2 e_2 + 2 e_3 + e_4) / 6) that supply the history.
+    Warm-up 'runge-kutta' (the paper): three pseudo Runge-Kutta steps, their pseudo 4th-order gradient
+    e' = (e_1 + 2 e_2 + 2 e_3 + e_4) / 6 with e_1 at x_i, e_2 and e_3 at the midpoint time, e_4 at t_{i+1};
     NFE = 4 x 3 + (N - 3). A discrete-time model evaluates the midpoint at its rounded time, and phi uses
-    alpha_bar there. Seeded `history` (three evaluations) replaces the warm-up.
+    alpha_bar there. Warm-up 'improved-euler' (Stable Diffusion's PLMS sampler, diffusers' PNDM with
+    skip_prk_steps): one pseudo improved-Euler step e' = (e_0 + eps(phi(x_0, e_0), t_1)) / 2, then
+    Adams-Bashforth of orders 2 and 3 while the history fills; NFE = N + 1.
+    Seeded `history` (three evaluations) replaces either warm-up.
     """
-    check_plms(timesteps, {})
+    check_plms(timesteps, {"warmup": warmup})
     schedule = denoiser.schedule
     lv = levels(schedule, timesteps)
     past = [e.eps for e in history]
-    warmup = max(0, PLMS_WARMUP - len(past))
     for i, (cur, nxt) in enumerate(zip(lv[:-1], lv[1:])):
         e_1 = denoiser(x, cur.t, cond)
         if callback is not None:
             callback({"step": i, "t": cur.t, "x": x, "x0": x0_from_eps(x, e_1, cur.alpha_bar)})
-        if i < warmup:   # pseudo Runge-Kutta; nxt is a plan time since N > PLMS_WARMUP
+        if len(past) < PLMS_WARMUP and warmup == "runge-kutta":   # nxt is a plan time since N > PLMS_WARMUP
             mid = level(schedule, denoiser.round_time((cur.t + nxt.t) / 2))
             e_2 = denoiser(ddim_transfer(x, e_1, cur, mid), mid.t, cond)
             e_3 = denoiser(ddim_transfer(x, e_2, cur, mid), mid.t, cond)
             e_4 = denoiser(ddim_transfer(x, e_3, cur, nxt), nxt.t, cond)
             e_prime = (e_1 + 2 * e_2 + 2 * e_3 + e_4) / 6
-        else:            # linear multistep: Adams-Bashforth weights on eps
-            e_prime = (55 * e_1 - 59 * past[-1] + 37 * past[-2] - 9 * past[-3]) / 24
+        elif not past:   # pseudo improved Euler; nxt is a plan time since N >= 2
+            e_prime = (e_1 + denoiser(ddim_transfer(x, e_1, cur, nxt), nxt.t, cond)) / 2
+        else:            # linear multistep: Adams-Bashforth weights on eps, newest first
+            weights = ADAMS_BASHFORTH[min(len(past) + 1, 4)]
+            e_prime = sum(w * e for w, e in zip(weights, [e_1, *reversed(past)]))
         past = (past + [e_1])[-PLMS_WARMUP:]
         x = ddim_transfer(x, e_prime, cur, nxt)
     return x
 
 
 def check_plms(timesteps, params) -> None:
-    """PLMS needs its three warm-up steps plus at least one linear multistep step."""
-    if len(timesteps) <= PLMS_WARMUP:
-        raise UserError(f"plms needs steps >= {PLMS_WARMUP + 1} ({PLMS_WARMUP} pseudo Runge-Kutta warm-up steps, "
-                        f"then linear multistep); got steps={len(timesteps)}")
+    """Each warm-up needs its steps before the final jump: 3 for Runge-Kutta, 1 for improved Euler."""
+    steps = PLMS_WARMUP if params.get("warmup", "runge-kutta") == "runge-kutta" else 1
+    if len(timesteps) <= steps:
+        raise UserError(f"plms with warmup={params.get('warmup', 'runge-kutta')} needs steps >= {steps + 1} "
+                        f"({steps} warm-up step{'s' if steps > 1 else ''} before the final one); "
+                        f"got steps={len(timesteps)}")
 
 
 def plms_nfe(timesteps, params) -> int:
-    """Four calls in each pseudo Runge-Kutta warm-up step, one in every later step."""
-    return len(timesteps) + 3 * min(PLMS_WARMUP, len(timesteps))
+    """Runge-Kutta warm-up: four calls in each of its three steps; improved Euler: two in the first step."""
+    if params.get("warmup", "runge-kutta") == "runge-kutta":
+        return len(timesteps) + 3 * min(PLMS_WARMUP, len(timesteps))
+    return len(timesteps) + 1
 
 
 def sample_ipndm(denoiser, x, timesteps, noise, *, order=4, variable_step=False, afs=False, history=(),
@@ -132,8 +143,10 @@ def register_samplers(register):
         plan="karras", nfe=multistep_nfe, check=check_afs))
     register(SamplerSpec(
         "plms", sample_plms, "PLMS (Liu et al. 2022): pseudo linear multistep after 3 pseudo Runge-Kutta "
-        "warm-up steps of 4 calls each; NFE = steps + 9",
-        {"plan": Param("uniform", "timestep plan", _PLANS), "rho": _RHO},
+        "warm-up steps of 4 calls each; NFE = steps + 9 (warmup=improved-euler: steps + 1)",
+        {"warmup": Param("runge-kutta", "runge-kutta (the paper: 3 steps of 4 calls) or improved-euler (Stable "
+                         "Diffusion's PLMS: 1 extra call)", PLMS_WARMUPS),
+         "plan": Param("uniform", "timestep plan", _PLANS), "rho": _RHO},
         plan="uniform", nfe=plms_nfe, check=check_plms))
 
 
@@ -141,3 +154,6 @@ def register_samplers(register):
 def register_presets(register):
     register(Preset("ipndm-v", "ipndm", {"variable_step": True}, "iPNDM-4 with variable-step Adams-Bashforth "
                     "weights (keeps order 4 on unequal steps)"))
+    register(Preset("plms-sd", "plms", {"warmup": "improved-euler", "plan": "leading"}, "PLMS as Stable "
+                    "Diffusion's PLMS sampler and diffusers' PNDM (skip_prk_steps) run it: improved-Euler start, "
+                    "leading plan, N + 1 calls"))

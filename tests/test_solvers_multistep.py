@@ -126,15 +126,16 @@ def test_unipc_corrected_states_match_diffusers_unipc_on_the_same_timesteps(regi
 
 
 @pytest.mark.parametrize("steps", [6, 25])
-def test_plms_matches_diffusers_pndm_with_its_runge_kutta_warm_up(registry, oracle, steps):
-    """diffusers' PNDMScheduler (pseudo Runge-Kutta warm-up, 'leading' timesteps, final alpha_bar 1) as a
-    cross-check: same result to float32 precision, and the same number of model calls, N + 9."""
+@pytest.mark.parametrize("warmup,extra", [("runge-kutta", 9), ("improved-euler", 1)])
+def test_plms_matches_diffusers_pndm_with_the_same_warm_up(registry, oracle, steps, warmup, extra):
+    """diffusers' PNDMScheduler ('leading' timesteps, final alpha_bar 1; skip_prk_steps for the improved-Euler
+    start) as a cross-check: same result to float32 precision, and the same number of model calls."""
     diffusers = pytest.importorskip("diffusers")
-    ours, timesteps = _run(registry, "plms", {"plan": "leading"}, oracle, steps)
-    scheduler = diffusers.PNDMScheduler(skip_prk_steps=False, set_alpha_to_one=True, steps_offset=0,
-                                        timestep_spacing="leading")
+    ours, timesteps = _run(registry, "plms", {"plan": "leading", "warmup": warmup}, oracle, steps)
+    scheduler = diffusers.PNDMScheduler(skip_prk_steps=warmup != "runge-kutta", set_alpha_to_one=True,
+                                        steps_offset=0, timestep_spacing="leading")
     scheduler.set_timesteps(steps)
-    assert len(scheduler.timesteps) == steps + 9
+    assert len(scheduler.timesteps) == steps + extra
     x = batch_noise(0, torch.arange(4), oracle.image_shape, dtype=torch.float64).initial()
     for t in scheduler.timesteps:
         x = scheduler.step(oracle(x, int(t)), t, x).prev_sample
@@ -153,10 +154,12 @@ def test_unipc_corrector_costs_no_network_call_and_changes_the_result(registry, 
 
 
 @pytest.mark.parametrize("steps", [4, 5, 9])
-def test_plms_counts_its_pseudo_runge_kutta_warm_up(registry, oracle, steps):
+@pytest.mark.parametrize("warmup,extra", [("runge-kutta", 9), ("improved-euler", 1)])
+def test_plms_counts_the_calls_of_its_warm_up(registry, oracle, steps, warmup, extra):
     counter = CountingDenoiser(oracle)
-    _, timesteps = _run(registry, "plms", {}, counter, steps)
-    assert counter.calls == len(timesteps) + 9 == registry.samplers["plms"].expected_nfe(timesteps, {})
+    params = registry.samplers["plms"].resolve_params({"warmup": warmup})
+    _, timesteps = _run(registry, "plms", params, counter, steps)
+    assert counter.calls == len(timesteps) + extra == registry.samplers["plms"].expected_nfe(timesteps, params)
 
 
 class _Recorder:
@@ -269,9 +272,11 @@ def test_unsupported_options_are_one_line_errors_naming_the_allowed_values(regis
 
 def test_plms_with_too_few_steps_for_its_warm_up_is_refused_while_planning(registry, oracle):
     spec = registry.samplers["plms"]
-    with pytest.raises(UserError, match=r"plms needs steps >= 4 .* got steps=3"):
+    with pytest.raises(UserError, match=r"plms with warmup=runge-kutta needs steps >= 4 .* got steps=3"):
         spec.timesteps(oracle.schedule, 3, spec.resolve_params())
     assert len(spec.timesteps(oracle.schedule, 4, spec.resolve_params())) == 4
+    with pytest.raises(UserError, match=r"warmup=improved-euler needs steps >= 2 .* got steps=1"):
+        spec.timesteps(oracle.schedule, 1, spec.resolve_params({"warmup": "improved-euler"}))
 
 
 @pytest.mark.parametrize("name", ["unipc", "deis", "ipndm"])
