@@ -243,8 +243,8 @@ class Harness:
                       self.out_dir / "samples" / f"{self._file_stem(job)}.png")
         for _, acc in accumulators:
             row.update(acc.compute())
-        if writer is not None:
-            row["features_file"] = writer.close()
+        if writer is not None:  # the metric's own bootstrap values, when it has them, spare the report a recomputation
+            row["features_file"] = writer.close(getattr(paired, "bootstrap_values", None))
             save_reference(self.out_dir, paired.paired_column, *paired.paired_reference())
         row["status"] = "ok" if nfe == job.expected_nfe else "nfe_mismatch"
         if nfe != job.expected_nfe:

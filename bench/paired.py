@@ -55,10 +55,16 @@ class PairedRowsWriter:
                                                   shape=(self.num_images, rows.shape[1]))
         self.rows[start:start + len(rows)] = rows
 
-    def close(self) -> str | None:
-        """Flush and move the file into place; returns its path relative to the results folder."""
+    def close(self, bootstrap: torch.Tensor | None = None) -> str | None:
+        """Flush and move the file into place; returns its path relative to the results folder.
+
+        `bootstrap`: the metric's values on the bootstrap resamples (drawn as `resample_counts` draws
+        them), saved as <stem>.boot.npy so that paired comparisons reuse them.
+        """
         if self.rows is None:
             return None
+        if bootstrap is not None:
+            np.save(self.folder / f"{self.stem}.boot.npy", bootstrap.to(torch.float64).numpy())
         self.rows.flush()
         del self.rows
         self.rows = None
@@ -139,21 +145,25 @@ class Comparison:
 
 
 def compare_rows(rows: dict[str, torch.Tensor], points: dict[str, float], reference: Reference,
-                 resamples: int = RESAMPLES, seed: int = 0) -> list[Comparison]:
+                 resamples: int = RESAMPLES, seed: int = 0,
+                 known: dict[str, torch.Tensor] | None = None) -> list[Comparison]:
     """Every pair of configurations: the difference of their distances, with paired and unpaired intervals.
 
     `rows` maps a configuration label to its (N, D) per-image rows (the same N images for all);
     `points` to its reported distance. Paired: resample r of both configurations uses the same
     resampled indices (the same ones as the per-row FID interval, which draws them with the same
     seed). Unpaired: resample r of one configuration against resample r + 1 of the other, drawn
-    independently, so each configuration's bootstrap is computed once.
+    independently, so each configuration's bootstrap is computed once. `known` holds bootstrap
+    values already computed on those resamples (the FID metric's own, saved by the harness).
     """
     sizes = {len(r) for r in rows.values()}
     if len(sizes) != 1:
         raise ValueError(f"paired rows must cover the same images; got {sorted(sizes)} rows")
     n = sizes.pop()
     shared = resample_counts(n, resamples, seed)
-    joint = {label: bootstrap_distances(r, shared, reference) for label, r in rows.items()}
+    known = known or {}
+    joint = {label: known[label] if label in known and len(known[label]) == resamples else
+             bootstrap_distances(r, shared, reference) for label, r in rows.items()}
     out = []
     for a, b in itertools.combinations(rows, 2):
         diff = points[a] - points[b]
@@ -191,7 +201,9 @@ def paired_table(out_dir: Path, df: pd.DataFrame, resamples: int = RESAMPLES, se
         group = group.sort_values(reference.column)
         rows = {_label(r): torch.from_numpy(np.load(out_dir / r["features_file"])) for _, r in group.iterrows()}
         points = {_label(r): float(r[reference.column]) for _, r in group.iterrows()}
-        for c in compare_rows(rows, points, reference, resamples, seed):
+        saved = {_label(r): out_dir / r["features_file"].replace(".npy", ".boot.npy") for _, r in group.iterrows()}
+        known = {label: torch.from_numpy(np.load(path)) for label, path in saved.items() if path.is_file()}
+        for c in compare_rows(rows, points, reference, resamples, seed, known):
             lines.append({"nfe": nfe, "guidance": None if guidance == -1.0 else guidance, "a": c.a, "b": c.b,
                           "column": reference.column, "diff": c.diff, "paired_low": c.paired[0],
                           "paired_high": c.paired[1], "unpaired_low": c.unpaired[0], "unpaired_high": c.unpaired[1],

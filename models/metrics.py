@@ -204,7 +204,8 @@ class FeatureMetrics:
         fid = fid_from_features(features, self.reference)
         low = high = math.nan
         if self.bootstrap > 0 and len(features) > 1:
-            low, high = bootstrap_interval(fid, bootstrap_fid(features, self.reference, self.bootstrap, self.seed))
+            self.bootstrap_values = bootstrap_fid(features, self.reference, self.bootstrap, self.seed)  # bench.paired
+            low, high = bootstrap_interval(fid, self.bootstrap_values)
         out = {"fid": fid, "fid_ci_low": low, "fid_ci_high": high,
                "fid_floor": math.nan if self.floor is None else self.floor}
         return out | kid_and_prc(features, self.reference.real_features, self.seed)

@@ -6,7 +6,14 @@ import torch
 
 from bench.config import RunConfig
 from bench.harness import run_benchmark
-from bench.paired import Reference, bootstrap_distances, compare_rows, load_reference, paired_table
+from bench.paired import (
+    Reference,
+    bootstrap_distances,
+    compare_rows,
+    load_reference,
+    paired_table,
+    resample_counts,
+)
 from bench.report import read_results_csv
 from tests.helpers import run_sampler
 
@@ -61,13 +68,19 @@ def test_saved_rows_are_the_scored_samples_and_the_report_rebuilds_pairs_from_th
     run_benchmark(config, registry, out=str(out), force=True, quiet=True)  # --force knows features/ and paired.csv
 
 
-def test_paired_fid_interval_is_narrower_on_digits(registry, tmp_path):
+def test_paired_fid_interval_is_narrower_on_digits_and_reuses_the_fid_bootstrap(registry, tmp_path):
     config = RunConfig(samplers=("ddim", "ddim:plan=quadratic"), steps=(10,), model="digits", num_samples=200,
-                       batch_size=200, grid_images=0, trajectory_images=0, bootstrap=0, metrics=("fid",))
+                       batch_size=200, grid_images=0, trajectory_images=0, bootstrap=100, metrics=("fid",))
     out = run_benchmark(config, registry, out=str(tmp_path / "digits"), quiet=True)
     df = read_results_csv(out / "results.csv")
-    table = paired_table(out, df, resamples=200)
+    table = paired_table(out, df, resamples=100)
     assert len(table) == 1 and table["width_ratio"].iloc[0] < 0.8
+    # the values the FID metric saved are the report's own resamples (same seed, same draws)
+    features = df["features_file"].iloc[0]
+    saved = np.load(out / features.replace(".npy", ".boot.npy"))
+    recomputed = bootstrap_distances(torch.from_numpy(np.load(out / features)), resample_counts(200, 100, 0),
+                                     load_reference(out))
+    assert recomputed.numpy() == pytest.approx(saved, rel=1e-4)
 
 
 def test_fid_infinity_removes_most_of_the_small_sample_bias_on_exact_samples(oracle):
