@@ -127,7 +127,10 @@ def init_processes(device: torch.device, environ=os.environ) -> tuple[Processes,
                         "MASTER_PORT, RANK and WORLD_SIZE on every process (see the README)")
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
-        device = torch.device("cuda", local % max(1, torch.cuda.device_count()))
+        if local >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK={local} but this node has {torch.cuda.device_count()} visible CUDA "
+                            "device(s): launch at most one process per GPU (--nproc-per-node), or use --device cpu")
+        device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     timeout = timedelta(seconds=float(environ.get(TIMEOUT_VARIABLE, "1800")))
     if not dist.is_initialized():

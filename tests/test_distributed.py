@@ -50,6 +50,12 @@ def test_a_launch_without_rendezvous_endpoint_is_a_clear_error():
         init_processes(__import__("torch").device("cpu"), {"WORLD_SIZE": "2", "RANK": "2"})
 
 
+def test_more_processes_on_a_node_than_gpus_is_a_clear_error():
+    env = {"WORLD_SIZE": "128", "RANK": "64", "LOCAL_RANK": "64", "MASTER_ADDR": "localhost", "MASTER_PORT": "1"}
+    with pytest.raises(UserError, match="LOCAL_RANK=64 but this node has .* CUDA device"):
+        init_processes(__import__("torch").device("cuda"), env)
+
+
 def test_more_processes_than_images_is_refused_before_anything_is_written(registry, tmp_path, monkeypatch):
     monkeypatch.setattr(harness, "init_processes", lambda device: (Processes(0, 3), device))
     config = RunConfig(samplers=("ddim",), steps=(2,), model="gaussian-oracle", num_samples=2)
