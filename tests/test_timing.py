@@ -81,3 +81,13 @@ def test_config_json_records_timing_provenance(registry, tmp_path):
     assert timing["world_size"] == 1 and timing["batch_size"] == 2
     assert timing["threads"] == torch.get_num_threads() and timing["torch"] == torch.__version__
     assert {"device_name", "cuda", "tf32_matmul", "compile", "cpu_cores"} <= set(timing)
+
+
+def test_a_busy_machine_is_warned_about_on_stderr_and_in_the_report(registry, tmp_path, monkeypatch, capsys):
+    import bench.timing
+    monkeypatch.setattr(bench.timing.MachineState, "now", classmethod(lambda cls: cls(load=7.5, cores=2, threads=1)))
+    config = RunConfig(samplers=("ddim",), steps=(2,), model="gaussian-oracle", num_samples=4, batch_size=2,
+                       grid_images=0, trajectory_images=0, metrics=("none",))
+    out = run_benchmark(config, registry, out=str(tmp_path / "run"), quiet=True)
+    assert "warning: ddim @ 2: the machine was busy (load average 7.5" in capsys.readouterr().err
+    assert "## Timing warnings" in (out / "report.md").read_text()
