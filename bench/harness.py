@@ -260,10 +260,13 @@ class Harness:
                       times: BatchTimes, callback=None) -> torch.Tensor:
         """Sample one batch with the clock around exactly the sampling (synchronised on CUDA)."""
         synchronize(self.device)
+        first_call = len(counter.call_starts)
         began = time.perf_counter()
         samples = self._sample(job, counter, start, stop, callback)
         synchronize(self.device)
-        times.add(time.perf_counter() - began, stop - start)
+        ended = time.perf_counter()
+        starts = counter.call_starts[first_call:] if self.device.type == "cpu" else []  # CUDA calls return early
+        times.add(ended - began, stop - start, [b - a for a, b in zip(starts, [*starts[1:], ended], strict=True)])
         return samples
 
     @staticmethod

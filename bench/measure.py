@@ -35,6 +35,7 @@ class CountingDenoiser:
     def reset(self) -> None:
         self.calls = 0
         self.rows = 0  # forward rows: a guided call of B images evaluates 2B rows
+        self.call_starts: list[float] = []  # perf_counter at each call: step intervals for bench.timing
         self._cpu_seconds = 0.0
         self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
@@ -42,6 +43,7 @@ class CountingDenoiser:
         return getattr(self.inner, name)
 
     def __call__(self, x_t, t, cond=None):
+        self.call_starts.append(time.perf_counter())
         self.calls += 1
         self.rows += x_t.shape[0]
         device = x_t.device

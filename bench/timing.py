@@ -22,9 +22,9 @@ import torch
 MIN_TIMED_S = 0.5      # repeat a configuration's pass over its images until this much time is measured
 MAX_PASSES = 20        # ... but never more than this many passes
 BUSY_SPREAD = 0.25     # (q3 - q1) / median of seconds per image above this: the timing is flagged as noisy
-TIMING_COLUMNS = ["wall_s", "wall_s_q1", "wall_s_q3", "wall_s_min", "wall_s_max", "s_per_image", "images_per_s",
-                  "timing_spread", "timing_batches", "timing_passes", "load_before", "load_after", "cpu_cores",
-                  "threads_before", "threads", "busy", "world_size"]
+TIMING_COLUMNS = ["wall_s", "wall_s_steps", "wall_s_q1", "wall_s_q3", "wall_s_min", "wall_s_max", "s_per_image",
+                  "images_per_s", "timing_spread", "step_spread", "timing_batches", "timing_passes", "load_before",
+                  "load_after", "cpu_cores", "threads_before", "threads", "busy", "world_size"]
 
 
 def cpu_cores() -> int:
@@ -68,10 +68,15 @@ class BatchTimes:
     seconds: list[float] = field(default_factory=list)
     images: list[int] = field(default_factory=list)
     passes: int = 0
+    step_per_image: list[float] = field(default_factory=list)  # every step's seconds / the batch's images
+    step_image_calls: int = 0                                   # sum over batches of steps x images
 
-    def add(self, seconds: float, images: int) -> None:
+    def add(self, seconds: float, images: int, steps: list[float] = ()) -> None:
+        """One batch: its seconds and images, and (CPU) the seconds of each step, network call to network call."""
         self.seconds.append(seconds)
         self.images.append(images)
+        self.step_per_image.extend(step / images for step in steps)
+        self.step_image_calls += len(steps) * images
 
     @property
     def total_s(self) -> float:
@@ -90,14 +95,24 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
 
 
 def summarize(times: BatchTimes, num_images: int, before: MachineState, after: MachineState) -> dict:
-    """The timing columns of one configuration (wall times are for all `num_images`, from the batch medians)."""
+    """The timing columns of one configuration (wall times are for all `num_images`, from the batch medians).
+
+    wall_s_steps is the same time from the median step instead (every step's seconds, network call
+    to network call, over all batches): with one timed batch it still ignores a burst that hit some
+    of the steps.
+    """
     per_image = times.per_image()
     q1, median, q3 = quartiles(per_image)
-    spread = (q3 - q1) / median if len(per_image) > 1 and median > 0 else math.nan
-    return {"wall_s": median * num_images, "wall_s_q1": q1 * num_images, "wall_s_q3": q3 * num_images,
+    steps = times.step_per_image
+    step_q1, step_median, step_q3 = quartiles(steps) if steps else (math.nan,) * 3
+    return {"wall_s": median * num_images,
+            "wall_s_steps": step_median * times.step_image_calls / max(1, times.passes),
+            "wall_s_q1": q1 * num_images, "wall_s_q3": q3 * num_images,
             "wall_s_min": min(per_image) * num_images, "wall_s_max": max(per_image) * num_images,
             "s_per_image": median, "images_per_s": 1 / median if median > 0 else math.inf,
-            "timing_spread": spread, "timing_batches": len(per_image), "timing_passes": times.passes,
+            "timing_spread": (q3 - q1) / median if len(per_image) > 1 and median > 0 else math.nan,
+            "step_spread": (step_q3 - step_q1) / step_median if len(steps) > 1 and step_median > 0 else math.nan,
+            "timing_batches": len(per_image), "timing_passes": times.passes,
             "load_before": before.load, "load_after": after.load, "cpu_cores": after.cores,
             "threads_before": before.threads, "threads": after.threads, "busy": bool(before.busy or after.busy)}
 
@@ -117,7 +132,8 @@ def summarize_ranks(times: list[BatchTimes], images: list[int], before: list[Mac
                math.inf, timing_batches=sum(r["timing_batches"] for r in ranks),
                timing_passes=min(r["timing_passes"] for r in ranks),
                load_before=max(r["load_before"] for r in ranks), load_after=max(r["load_after"] for r in ranks),
-               busy=any(r["busy"] for r in ranks), world_size=len(ranks))
+               busy=any(r["busy"] for r in ranks), world_size=len(ranks),
+               wall_s_steps=max(r["wall_s_steps"] for r in ranks))
     return out
 
 

@@ -27,6 +27,16 @@ def test_summary_is_the_median_and_quartiles_of_seconds_per_image():
     assert row["timing_spread"] == pytest.approx((0.4 - 0.2) / 0.3)
 
 
+def test_the_median_step_ignores_a_burst_that_hit_two_steps_of_a_single_batch():
+    times = BatchTimes()
+    steps = [0.1] * 8 + [5.0, 5.0]  # 10 steps of a 10-image batch; a neighbour took the cores for two of them
+    times.add(sum(steps), 10, steps)
+    times.passes = 1
+    row = summarize(times, num_images=10, before=QUIET, after=QUIET)
+    assert row["wall_s"] == pytest.approx(10.8)
+    assert row["wall_s_steps"] == pytest.approx(1.0)  # 10 steps x 0.1 s
+
+
 def test_a_single_timed_batch_has_no_spread():
     times = BatchTimes()
     times.add(2.0, 4)
