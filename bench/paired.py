@@ -284,3 +284,38 @@ def fid_infinity_lines(out_dir: Path, df: pd.DataFrame, seed: int = 0) -> list[s
         lines.append(f"{_label(row)}: FID {row['fid']:.4g} at n = {int(row['num_samples'])}, "
                      f"FID∞ {value:.4g} (bias slope {slope:.4g} / n)")
     return lines
+
+
+def paired_across_runs(dir_a: Path, dir_b: Path, merged: pd.DataFrame, quality: str | None) -> pd.DataFrame:
+    """`bench compare`'s table with a paired 95% interval of each row's quality difference (b minus a).
+
+    Two runs with the same seed and number of images sampled the same images' noise, so a change of
+    code, precision, batch size or number of processes is judged on the same images. Rows without
+    saved per-image rows in both folders, or runs with other seeds or sizes, get no interval.
+    """
+    from bench.report import load_results
+    a, config_a = load_results(dir_a)
+    b, config_b = load_results(dir_b)
+    ref_a, ref_b = load_reference(dir_a), load_reference(dir_b)
+    same_images = (config_a.get("config", {}).get("seed") == config_b.get("config", {}).get("seed")
+                   and config_a.get("num_samples") == config_b.get("num_samples"))
+    if (quality is None or ref_a is None or ref_b is None or ref_a.column != quality or ref_b.column != quality
+            or not same_images or not np.allclose(ref_a.mu, ref_b.mu) or "features_file" not in a or
+            "features_file" not in b):
+        return merged
+    files = a[["sampler", "steps", "features_file"]].merge(b[["sampler", "steps", "features_file"]],
+                                                           on=["sampler", "steps"], suffixes=("_a", "_b"))
+    resamples = int(config_a.get("config", {}).get("bootstrap") or RESAMPLES)
+    seed = int(config_a.get("config", {}).get("seed") or 0)
+    low, high = f"{quality}_diff_ci_low", f"{quality}_diff_ci_high"
+    merged = merged.assign(**{low: math.nan, high: math.nan})
+    counts = None
+    for _, f in files.dropna(subset=["features_file_a", "features_file_b"]).iterrows():
+        rows_a = torch.from_numpy(np.load(Path(dir_a) / f["features_file_a"]))
+        rows_b = torch.from_numpy(np.load(Path(dir_b) / f["features_file_b"]))
+        counts = resample_counts(len(rows_a), resamples, seed) if counts is None else counts
+        at = (merged["sampler"] == f["sampler"]) & (merged["steps"] == f["steps"])
+        diff = float(merged.loc[at, f"{quality}_diff_b_minus_a"].iloc[0])
+        values = bootstrap_distances(rows_b, counts, ref_b) - bootstrap_distances(rows_a, counts, ref_a)
+        merged.loc[at, [low, high]] = shifted_interval(diff, values)
+    return merged

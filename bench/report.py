@@ -371,4 +371,6 @@ def compare(dir_a: Path, dir_b: Path) -> pd.DataFrame:
         merged["wall_ratio_b_over_a"] = merged["wall_s_b"] / merged["wall_s_a"]
     if quality and {f"{quality}_a", f"{quality}_b"} <= set(merged.columns):
         merged[f"{quality}_diff_b_minus_a"] = merged[f"{quality}_b"] - merged[f"{quality}_a"]
+        from bench.paired import paired_across_runs  # runs on the same images: a paired interval of the difference
+        merged = paired_across_runs(dir_a, dir_b, merged, quality)
     return merged

@@ -92,3 +92,15 @@ def test_fid_infinity_removes_most_of_the_small_sample_bias_on_exact_samples(ora
         at_n.append(float(bootstrap_distances(rows, ones, reference)[0]))
         extrapolated.append(abs(fid_infinity(rows, reference)[0]))
     assert sum(extrapolated) < sum(at_n) / 4  # measured 0.035 against 0.235
+
+
+def test_compare_gives_a_paired_interval_for_two_runs_on_the_same_images(registry, tmp_path):
+    from bench.report import compare
+    base = dict(samplers=("ddim",), steps=(5,), model="digits", num_samples=100, batch_size=100, grid_images=0,
+                trajectory_images=0, bootstrap=100, metrics=("fid",))
+    fp32 = run_benchmark(RunConfig(**base), registry, out=str(tmp_path / "fp32"), quiet=True)
+    bf16 = run_benchmark(RunConfig(**base, precision="bf16"), registry, out=str(tmp_path / "bf16"), quiet=True)
+    row = compare(fp32, bf16).iloc[0]
+    assert row["fid_diff_ci_low"] <= row["fid_diff_b_minus_a"] <= row["fid_diff_ci_high"]
+    per_row = read_results_csv(fp32 / "results.csv").iloc[0]
+    assert row["fid_diff_ci_high"] - row["fid_diff_ci_low"] < (per_row["fid_ci_high"] - per_row["fid_ci_low"]) / 2
