@@ -266,7 +266,9 @@ class Harness:
         synchronize(self.device)
         ended = time.perf_counter()
         starts = counter.call_starts[first_call:] if self.device.type == "cpu" else []  # CUDA calls return early
-        times.add(ended - began, stop - start, [b - a for a, b in zip(starts, [*starts[1:], ended], strict=True)])
+        # seconds per network call; none when the sampler never called the network (run_job reports that)
+        calls = [b - a for a, b in zip(starts, [*starts[1:], ended], strict=True)] if starts else []
+        times.add(ended - began, stop - start, calls)
         return samples
 
     @staticmethod
