@@ -487,3 +487,12 @@ def test_a_file_the_system_refuses_is_a_one_line_error_naming_it(sandbox, capsys
     monkeypatch.setattr(bench.cli, "cmd_list", full_disk)
     assert main(["list"]) == 2
     assert capsys.readouterr().err == "error: r/results.csv.tmp: No space left on device\n"
+
+
+def test_train_replaces_weights_only_with_force_or_when_resuming_its_own_checkpoint(sandbox):
+    smoke = ["train", "--preset", "smoke", "--device", "cpu", "--out", "s.safetensors", "--checkpoint", "s.ckpt.pt"]
+    assert main(smoke) == 0
+    first = Path("s.safetensors").read_bytes()
+    assert main(smoke) == 2 and Path("s.safetensors").read_bytes() == first
+    assert main([*smoke, "--resume", "s.ckpt.pt"]) == 0  # the weights this checkpoint wrote (same preset, same step)
+    assert main([*smoke, "--force"]) == 0
