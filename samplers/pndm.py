@@ -92,7 +92,8 @@ def sample_ipndm(denoiser, x, timesteps, noise, *, order=4, variable_step=False,
     with the lower orders (1; (3, -1)/2; (23, -16, 5)/12) while the history fills. These are the weights for
     equal steps; on the unequal sigma steps of every practical plan the method is second order (see the
     README's order table). `variable_step` integrates the Lagrange polynomial through the actual sigmas
-    instead (diff-sampler's iPNDM_v idea, exact in float64), which keeps the nominal order.
+    instead (exact in float64), which keeps the nominal order: that is DEIS's rhoAB (Zhang & Chen 2023, eps
+    polynomial in rho = sigma) and the idea of diff-sampler's iPNDM_v.
     PLMS after its warm-up is this method with equal-step weights (phi is the Euler step in x^ and sigma).
     The last step lands on sigma = 0 with the same formula.
     """
@@ -153,7 +154,7 @@ def register_samplers(register):
 @hookimpl
 def register_presets(register):
     register(Preset("ipndm-v", "ipndm", {"variable_step": True}, "iPNDM-4 with variable-step Adams-Bashforth "
-                    "weights (keeps order 4 on unequal steps)"))
+                    "weights (keeps order 4 on unequal steps; = DEIS's rhoAB-4)"))
     register(Preset("plms-sd", "plms", {"warmup": "improved-euler", "plan": "leading"}, "PLMS as Stable "
                     "Diffusion's PLMS sampler and diffusers' PNDM (skip_prk_steps) run it: improved-Euler start, "
                     "leading plan, N + 1 calls"))
