@@ -86,6 +86,20 @@ CALLBACK_DEVIATIONS = {
 }
 
 
+@pytest.mark.parametrize("variance", ["small", "large"])
+def test_an_ancestral_step_is_the_posterior_mean_plus_the_declared_noise(variance):
+    from samplers.ancestral import ancestral_step
+
+    gen = torch.Generator().manual_seed(0)
+    x, eps, z = (torch.randn(3, 1, 4, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    a_t, a_prev = 0.3, 0.7
+    beta = 1 - a_t / a_prev  # the respaced step's beta (Nichol & Dhariwal 2021)
+    mean = (x - beta / (1 - a_t) ** 0.5 * eps) / (1 - beta) ** 0.5
+    var = beta * (1 - a_prev) / (1 - a_t) if variance == "small" else beta
+    torch.testing.assert_close(ancestral_step(x, eps, a_t, a_prev, variance, z), mean + var**0.5 * z)
+    torch.testing.assert_close(ancestral_step(x, eps, a_t, a_prev, variance, None), mean)
+
+
 def _callback_checks():
     registry = load_registry()
     out = []
