@@ -86,6 +86,22 @@ CALLBACK_DEVIATIONS = {
 }
 
 
+@pytest.mark.parametrize("prediction_type", ["eps", "x0", "v"])
+def test_conversions_recover_x0_and_eps_from_a_noised_image(prediction_type):
+    from bench.denoiser import eps_from_prediction
+
+    gen = torch.Generator().manual_seed(1)
+    x0, eps = (torch.randn(4, 1, 4, 4, generator=gen, dtype=torch.float64) for _ in range(2))
+    alpha_bar = torch.tensor([0.9, 0.5, 0.1, 0.01], dtype=torch.float64)
+    t = torch.arange(4)
+    a = alpha_bar.view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    prediction = {"eps": eps, "x0": x0, "v": a.sqrt() * eps - (1 - a).sqrt() * x0}[prediction_type]
+    torch.testing.assert_close(eps_from_prediction(prediction, x_t, t, alpha_bar, prediction_type), eps)
+    for row in range(4):
+        torch.testing.assert_close(x0_from_eps(x_t[row], eps[row], float(alpha_bar[row])), x0[row])
+
+
 @pytest.mark.parametrize("variance", ["small", "large"])
 def test_an_ancestral_step_is_the_posterior_mean_plus_the_declared_noise(variance):
     from samplers.ancestral import ancestral_step
