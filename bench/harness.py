@@ -314,6 +314,25 @@ def load_model(arg: str, registry: Registry, device: torch.device):
     return registry.load_model(arg, device)
 
 
+def _rows_still_valid(done: dict, jobs: list[Job], config_path: Path) -> dict:
+    """Finished rows whose job still visits the timesteps recorded when it ran; the others are redone, with a
+    warning (the code or a plugin changed the plan since), so a resumed run never mixes two plans in one row."""
+    from bench.report import read_config
+
+    recorded = {job_key(j["sampler"], j["steps"], j.get("guidance")): j.get("timesteps")
+                for j in read_config(config_path).get("jobs", []) if isinstance(j, dict) and "sampler" in j}
+    kept = {}
+    for job in jobs:
+        if job.key not in done:
+            continue
+        if recorded.get(job.key, list(job.timesteps)) == list(job.timesteps):
+            kept[job.key] = done[job.key]
+        else:
+            print(f"warning: {job.choice.label} @ {job.steps}: its timesteps differ from those recorded when it ran "
+                  "(the code or a plugin changed); redoing it", file=sys.stderr)
+    return kept
+
+
 def _guidance_of(row: dict) -> float | None:
     value = row.get("guidance")
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
@@ -374,6 +393,7 @@ def run_benchmark(config: RunConfig, registry: Registry, out: str | None = None,
         from bench.report import read_results_csv
         previous = processes.on_main(lambda: read_results_csv(out_dir / "results.csv").to_dict("records"))
         done = {job_key(r["sampler"], r["steps"], _guidance_of(r)): r for r in previous if r.get("status") == "ok"}
+        done = _rows_still_valid(done, jobs, out_dir / "config.json")
     run_id = out_dir.name
     if processes.is_main:
         _start_folder(out_dir, resume, {

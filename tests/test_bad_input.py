@@ -415,6 +415,18 @@ def test_a_truncated_last_row_is_redone_on_resume(sandbox, capsys):
     assert again["oracle_fd"].tolist() == pytest.approx(whole["oracle_fd"].tolist())
 
 
+def test_resume_redoes_a_row_whose_plan_changed_since_it_ran(sandbox, capsys):
+    assert main([*RUN, "--steps", "2,3", "--out", "r"]) == 0
+    config = json.loads(Path("r/config.json").read_text())
+    config["jobs"][0]["timesteps"] = [999, 1]  # as if an older plan had made the steps=2 row
+    Path("r/config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["run", "--resume", "r", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "ddim @ 2: its timesteps differ" in err and "ddim @ 3" not in err
+    assert json.loads(Path("r/config.json").read_text())["jobs"][0]["timesteps"] == [999, 0]
+
+
 def test_resume_keeps_the_recorded_command_line(sandbox):
     assert main([*RUN, "--out", "r"]) == 0
     first = json.loads(Path("r/config.json").read_text())
