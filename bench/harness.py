@@ -319,8 +319,12 @@ def _rows_still_valid(done: dict, jobs: list[Job], config_path: Path) -> dict:
     warning (the code or a plugin changed the plan since), so a resumed run never mixes two plans in one row."""
     from bench.report import read_config
 
-    recorded = {job_key(j["sampler"], j["steps"], j.get("guidance")): j.get("timesteps")
-                for j in read_config(config_path).get("jobs", []) if isinstance(j, dict) and "sampler" in j}
+    recorded = {}
+    for entry in read_config(config_path).get("jobs") or []:
+        try:
+            recorded[job_key(entry["sampler"], entry["steps"], entry.get("guidance"))] = entry.get("timesteps")
+        except (TypeError, ValueError, KeyError, AttributeError):  # an entry this version cannot read: no record
+            continue
     kept = {}
     for job in jobs:
         if job.key not in done:
