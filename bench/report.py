@@ -47,6 +47,9 @@ def read_results_csv(path: Path) -> pd.DataFrame:
         df = df.iloc[:-1]
     if len(df) and pd.to_numeric(df["steps"], errors="coerce").isna().any():
         raise UserError(f"{path}: the steps column holds values that are not integers")
+    guidance = df["guidance"] if "guidance" in df.columns else pd.Series(dtype=float)
+    if (pd.to_numeric(guidance, errors="coerce").isna() & guidance.notna()).any():
+        raise UserError(f"{path}: the guidance column holds values that are not numbers")
     return df
 
 
@@ -166,7 +169,7 @@ def _plots(df: pd.DataFrame, quality: str | None, label: str, out_dir: Path) -> 
     return made
 
 
-GUIDANCE_METRICS = (("fid", "FID"), ("cond_acc", "cond_acc (share of samples classified as their label)"))
+COND_ACC_LABEL = "cond_acc (share of samples classified as their label)"
 
 
 def has_guidance_sweep(df: pd.DataFrame) -> bool:
@@ -185,10 +188,13 @@ def _guidance_groups(df: pd.DataFrame):
 
 
 def guidance_plots(df: pd.DataFrame, out_dir: Path) -> list[str]:
-    """FID and cond_acc against the guidance scale, one line per sampler (and step count), when guidance varies."""
+    """FID (or the oracle's distance) and cond_acc against the guidance scale, one line per sampler (and step
+    count), when guidance varies."""
     if not has_guidance_sweep(df):
         return []
-    metrics = [(c, label) for c, label in GUIDANCE_METRICS if c in df.columns and df[c].notna().any()]
+    quality = quality_column(df)
+    metrics = [(c, label) for c, label in (quality, ("cond_acc", COND_ACC_LABEL))
+               if c and c in df.columns and df[c].notna().any()]
     if not metrics:
         return []
     import matplotlib
@@ -212,19 +218,20 @@ def guidance_plots(df: pd.DataFrame, out_dir: Path) -> list[str]:
 
 
 def guidance_sentences(df: pd.DataFrame) -> list[str]:
-    """One sentence per sampler (and step count): the guidance scale with the lowest FID (or, without FID,
-    the highest cond_acc), and how cond_acc moves across the scales tried."""
+    """One sentence per sampler (and step count): the guidance scale with the best quality (lowest FID, or
+    the oracle's distance; without either, the highest cond_acc), and how cond_acc moves across the scales."""
     if not has_guidance_sweep(df):
         return []
+    quality, label = quality_column(df)
     lines = []
     for name, group in _guidance_groups(df):
-        has_fid = "fid" in group.columns and group["fid"].notna().any()
+        has_fid = quality is not None and group[quality].notna().any()
         has_acc = "cond_acc" in group.columns and group["cond_acc"].notna().any()
         if not (has_fid or has_acc):
             continue
-        best = group.loc[group["fid"].idxmin()] if has_fid else group.loc[group["cond_acc"].idxmax()]
+        best = group.loc[group[quality].idxmin()] if has_fid else group.loc[group["cond_acc"].idxmax()]
         text = (f"With **{name}**, the best guidance scale is w = {best['guidance']:g}: "
-                + (f"lowest FID {best['fid']:.4g}" if has_fid else f"highest cond_acc {best['cond_acc']:.3f}"))
+                + (f"lowest {label} {best[quality]:.4g}" if has_fid else f"highest cond_acc {best['cond_acc']:.3f}"))
         if has_acc:
             rows = group.dropna(subset=["cond_acc"])
             first, last = rows.iloc[0], rows.iloc[-1]
