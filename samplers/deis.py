@@ -108,3 +108,5 @@ def register_samplers(register):
 @hookimpl
 def register_presets(register):
     register(Preset("deis-2", "deis", {"order": 2}, "DEIS-tAB2 (eps linear in time)"))
+    register(Preset("deis-3", "deis", {"order": 3}, "DEIS-tAB3 (eps quadratic in time; the deis defaults, so "
+                    "--samplers all runs it once, under this name)"))
