@@ -169,7 +169,7 @@ def _plots(df: pd.DataFrame, quality: str | None, label: str, out_dir: Path) -> 
     return made
 
 
-COND_ACC_LABEL = "cond_acc (share of samples classified as their label)"
+COND_ACC_LABEL = "cond_acc (share classified as their label)"
 
 
 def has_guidance_sweep(df: pd.DataFrame) -> bool:

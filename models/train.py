@@ -53,6 +53,7 @@ class TrainPreset:
     grad_clip: float = 1.0
     checkpoint_every: int = 2_000
     notes: str = ""
+    prediction_type: str = "eps"  # what the network is trained to output: eps, or v (Salimans & Ho 2022)
 
 
 _CPU_NOTE = "trained on CPU, reduced configuration (no GPU was available); a GPU run of more steps will do better"
@@ -76,12 +77,12 @@ PRESETS: dict[str, TrainPreset] = {p.name: p for p in (
                 steps=2_000, batch_size=32, lr=2e-3, warmup_steps=200, ema_decay=0.995, checkpoint_every=250,
                 notes=_CPU_NOTE),
     TrainPreset("fashion-mnist-cond", "Class-conditional ddpm-unet (16/32/32 channels, attention at 7x7) on "
-                "Fashion-MNIST 28x28, label dropout 0.1 (null label 10) for classifier-free guidance",
+                "Fashion-MNIST 28x28, v-prediction, label dropout 0.1 (null label 10) for classifier-free guidance",
                 "fashion-mnist", "ddpm-unet",
                 {"in_channels": 1, "base_channels": 16, "channel_mults": (1, 2, 2), "num_res_blocks": 1,
                  "image_size": 28, "num_classes": 10},
                 conditional=True, steps=2_000, batch_size=32, lr=2e-3, warmup_steps=200, ema_decay=0.995,
-                checkpoint_every=250, notes=_CPU_NOTE),
+                checkpoint_every=250, notes=_CPU_NOTE, prediction_type="v"),
     TrainPreset("fashion-mnist-context", "Class-conditional context-unet (seed 002, 16 features) on Fashion-MNIST "
                 "28x28, label dropout 0.1 (null label 10); not shipped: 3,000 CPU steps gave weak samples",
                 "fashion-mnist", "context-unet",
@@ -221,6 +222,25 @@ class RunConfig:
     time_limit_s: float | None = None    # checkpoint and stop cleanly before this much wall time
 
 
+def training_target(x0: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor,
+                    prediction_type: str) -> torch.Tensor:
+    """What the network learns to output: eps, x0, or v = sqrt(a) eps - sqrt(1 - a) x0 (Salimans & Ho 2022).
+
+    The inverse of bench.denoiser.eps_from_prediction. Why v: the clean image implied by a v network,
+    x0 = sqrt(a) x_t - sqrt(1 - a) v, carries its error at most 1:1, while an eps network's
+    x0 = (x_t - sqrt(1 - a) eps) / sqrt(a) multiplies it by sqrt((1 - a) / a), about 160 at t = T-1;
+    short (CPU) training leaves eps networks too imprecise at high noise and their samples saturate.
+    """
+    a = alpha_bar_t.to(x0.dtype).view(-1, *[1] * (x0.dim() - 1))
+    if prediction_type == "eps":
+        return eps
+    if prediction_type == "x0":
+        return x0
+    if prediction_type == "v":
+        return a.sqrt() * eps - (1 - a).sqrt() * x0
+    raise UserError(f"unknown prediction type {prediction_type!r}; expected one of eps, x0, v")
+
+
 def training_step(state: TrainState, run: RunConfig, schedule: NoiseSchedule, images: torch.Tensor,
                   labels: torch.Tensor, time_kind: str, forward: nn.Module | None = None) -> torch.Tensor:
     """One optimizer step on a random batch; returns the loss as a detached tensor (no host sync).
@@ -245,7 +265,8 @@ def training_step(state: TrainState, run: RunConfig, schedule: NoiseSchedule, im
         group["lr"] = lr_at(state.step, run.lr, preset.warmup_steps, run.steps)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
         prediction = (forward or state.model)(x_t, time_input(t, schedule.num_timesteps, time_kind), cond)
-    loss = F.mse_loss(prediction.float(), eps)
+    target = training_target(x0, eps, schedule.alpha_bar.to(x0.device)[t], preset.prediction_type)
+    loss = F.mse_loss(prediction.float(), target)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(state.model.parameters(), preset.grad_clip)
@@ -284,7 +305,8 @@ def write_weights(state: TrainState, run: RunConfig, schedule_config: ScheduleCo
         name=run.out.stem, architecture=preset.architecture,
         network_config=network_config(preset.architecture, preset.network), dataset=preset.dataset,
         image_shape=tuple(images.shape[1:]), num_classes=preset.network.get("num_classes", 0) if preset.conditional
-        else 0, schedule=schedule_config, prediction_type="eps", time_input=time_input_kind(preset.architecture),
+        else 0, schedule=schedule_config, prediction_type=preset.prediction_type,
+        time_input=time_input_kind(preset.architecture),
         description=preset.description, preset=preset.name, steps_trained=state.step,
         final_loss=round(final_loss, 6), wall_time_s=round(state.wall_time_s, 1), device=device_name,
         torch_version=torch.__version__, command=command_line(run),

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pandas as pd
 import pytest
 import torch
 
+from bench.denoiser import eps_from_prediction
 from bench.errors import UserError
 from bench.report import guidance_plots, guidance_sentences
+from bench.schedule import NoiseSchedule
 from models.data import load_dataset
 from models.features import load_card
 from models.metrics import ClassAccuracy, classifier_labels, create_cond_acc
 from models.oracle import ConditionalOracleDenoiser, OracleDenoiser, make_conditional_mixture
+from models.train import PRESETS, RunConfig, train, training_target
+from models.weights import load_denoiser
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +108,31 @@ def test_guidance_plot_only_when_guidance_varies(tmp_path):
     assert (tmp_path / "plots" / "quality_vs_guidance.png").stat().st_size > 0
     single = guidance_results().assign(guidance=2.0)
     assert guidance_plots(single, tmp_path / "single") == [] and guidance_sentences(single) == []
+
+
+@pytest.mark.parametrize("prediction_type", ["eps", "x0", "v"])
+def test_training_target_is_what_the_denoiser_converts_back_to_eps(prediction_type):
+    schedule = NoiseSchedule.linear(1000)
+    generator = torch.Generator().manual_seed(3)
+    x0 = torch.randn(6, 1, 8, 8, generator=generator, dtype=torch.float64)
+    eps = torch.randn(6, 1, 8, 8, generator=generator, dtype=torch.float64)
+    t = torch.tensor([0, 1, 250, 500, 998, 999])
+    alpha_bar = schedule.alpha_bar.to(torch.float64)
+    target = training_target(x0, eps, alpha_bar[t], prediction_type)
+    recovered = eps_from_prediction(target, schedule.add_noise(x0, t, eps), t, alpha_bar, prediction_type)
+    torch.testing.assert_close(recovered, eps, rtol=1e-9, atol=1e-9)
+
+
+def test_a_v_preset_writes_a_v_card(tmp_path):
+    preset = dataclasses.replace(PRESETS["smoke"], prediction_type="v")
+    run = RunConfig(preset, 2, 4, 1e-3, 0, torch.device("cpu"), tmp_path / "v.safetensors", tmp_path / "v.ckpt.pt",
+                    None)
+    path = train(run)
+    assert load_denoiser(path).info.prediction_type == "v"
+
+
+def test_conditional_presets_drop_labels_to_the_null_label_and_fashion_cond_predicts_v():
+    for name in ("digits-cond", "fashion-mnist-cond"):
+        preset = PRESETS[name]
+        assert preset.conditional and preset.network["num_classes"] == 10 and 0.1 <= preset.label_dropout <= 0.2
+    assert PRESETS["fashion-mnist-cond"].prediction_type == "v"
