@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bench.config import RunConfig
 from bench.device import pick_device
+from bench.errors import UserError
 from bench.harness import Harness, load_model, run_benchmark
 from bench.selection import plan_jobs, resolve_samplers
 
@@ -70,6 +71,12 @@ def linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
 
 def run_perf(args) -> int:
     """Measure the targets, print them, write JSON with --out; exit 1 when one is missed."""
+    if args.out:  # checked before minutes of measuring, not after
+        out = Path(args.out)
+        if out.is_dir() or not out.parent.is_dir():
+            raise UserError(f"--out {out}: expected a file in an existing folder")
+        if out.exists():
+            raise UserError(f"--out {out} already exists; name a new file")
     with tempfile.TemporaryDirectory() as scratch:
         return _run_perf(args, Path(scratch))
 
