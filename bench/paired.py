@@ -242,10 +242,13 @@ def paired_report(out_dir: Path, df: pd.DataFrame, config: dict) -> list[str]:
                "one (median); it is narrowest between samplers whose samples stay close (deterministic ones), and "
                "about as wide between a deterministic and a stochastic sampler.") if len(narrower) else ""
     guided = "guidance" in df and pd.to_numeric(df["guidance"], errors="coerce").notna().any()
+    best = table.groupby(["nfe", table["guidance"].fillna(-1.0)], sort=False)["a"].transform("first")
+    shown = table[table["a"] == best]  # the best configuration at each NFE against every other one there
     return [f"Differences between configurations at the same NFE{' and guidance' if guided else ''}, "
             f"with 95% paired bootstrap intervals ({resamples} resamples of the image indices, the same for both "
             "configurations: every configuration sampled the same images' noise). Significant: the paired "
-            f"interval excludes 0. {summary} All pairs: paired.csv.", ""] + paired_sentences(table)
+            f"interval excludes 0. {summary} Below: the best configuration at each NFE against each other one "
+            f"there; all {len(table)} pairs are in paired.csv.", ""] + paired_sentences(shown)
 
 
 FID_INFINITY_POINTS = 15
