@@ -178,6 +178,12 @@ def same_rows(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4) -> bool:
     return bool((a - b).abs().max() <= rtol * max(scale, 1e-12)) if a.numel() else True
 
 
+def _with_rows(out_dir: Path, df: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose saved per-image rows are still in the folder (a user may delete features/)."""
+    present = df["features_file"].map(lambda f: isinstance(f, str) and (Path(out_dir) / f).is_file())
+    return df[present.astype(bool)]
+
+
 def _label(row: pd.Series) -> str:
     guidance = row.get("guidance")
     guided = "" if guidance is None or (isinstance(guidance, float) and math.isnan(guidance)) else f", w={guidance:g}"
@@ -192,7 +198,7 @@ def paired_table(out_dir: Path, df: pd.DataFrame, resamples: int = RESAMPLES, se
                "unpaired_high", "width_ratio", "significant", "same_samples"]
     if reference is None or "features_file" not in df.columns or reference.column not in df.columns:
         return pd.DataFrame(columns=columns)
-    ok = df[(df["status"] == "ok") & df["features_file"].notna() & df[reference.column].notna()]
+    ok = _with_rows(out_dir, df[(df["status"] == "ok") & df[reference.column].notna()])
     ok = ok.assign(guidance=pd.to_numeric(ok["guidance"], errors="coerce") if "guidance" in ok else math.nan)
     lines = []
     for (nfe, guidance), group in ok.groupby(["nfe", ok["guidance"].fillna(-1.0)], sort=True):
@@ -280,7 +286,7 @@ def fid_infinity_lines(out_dir: Path, df: pd.DataFrame, seed: int = 0) -> list[s
     reference = load_reference(out_dir)
     if reference is None or reference.column != "fid" or "features_file" not in df.columns:
         return []
-    ok = df[(df["status"] == "ok") & df["features_file"].notna()]
+    ok = _with_rows(out_dir, df[df["status"] == "ok"])
     lines = []
     for _, row in ok.iterrows():
         value, slope = fid_infinity(torch.from_numpy(np.load(Path(out_dir) / row["features_file"])), reference, seed)
@@ -313,7 +319,9 @@ def paired_across_runs(dir_a: Path, dir_b: Path, merged: pd.DataFrame, quality: 
     low, high = f"{quality}_diff_ci_low", f"{quality}_diff_ci_high"
     merged = merged.assign(**{low: math.nan, high: math.nan})
     counts = None
-    for _, f in files.dropna(subset=["features_file_a", "features_file_b"]).iterrows():
+    files = files[files["features_file_a"].map(lambda f: isinstance(f, str) and (Path(dir_a) / f).is_file())
+                  & files["features_file_b"].map(lambda f: isinstance(f, str) and (Path(dir_b) / f).is_file())]
+    for _, f in files.iterrows():
         rows_a = torch.from_numpy(np.load(Path(dir_a) / f["features_file_a"]))
         rows_b = torch.from_numpy(np.load(Path(dir_b) / f["features_file_b"]))
         counts = resample_counts(len(rows_a), resamples, seed) if counts is None else counts

@@ -65,6 +65,8 @@ def test_saved_rows_are_the_scored_samples_and_the_report_rebuilds_pairs_from_th
     table = paired_table(out, df, resamples=30)
     assert len(table) == 1 and table["diff"].iloc[0] == pytest.approx(df["oracle_fd"].min() - df["oracle_fd"].max())
     assert (out / "paired.csv").exists() and "Paired comparisons" in (out / "report.md").read_text()
+    (out / df["features_file"].iloc[0]).unlink()  # a deleted rows file drops that row's pairs, not the report
+    assert paired_table(out, df, resamples=30).empty
     run_benchmark(config, registry, out=str(out), force=True, quiet=True)  # --force knows features/ and paired.csv
 
 
