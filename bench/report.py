@@ -253,11 +253,20 @@ def _wall_error_bars(ax, ok: pd.DataFrame, quality: str) -> str:
     return "\n(bars: interquartile range of wall time over timed batches)"
 
 
-def timing_warnings(df: pd.DataFrame) -> list[str]:
-    """One line per configuration whose timing was taken on a busy machine or varied widely."""
+def timing_warnings(df: pd.DataFrame, listed: int = 5) -> list[str]:
+    """One line per configuration whose timing was taken on a busy machine or varied widely; beyond
+    `listed` busy ones, a single line counts them."""
     from bench.timing import timing_warning
     ok = df[df["status"] == "ok"]
-    return [w for w in (timing_warning(row) for row in ok.to_dict("records")) if w]
+    lines = [(bool(row.get("busy")), w) for row in ok.to_dict("records") if (w := timing_warning(row))]
+    busy = [w for is_busy, w in lines if is_busy]
+    if len(busy) <= listed:
+        return [w for _, w in lines]
+    loads = pd.concat([ok["load_before"], ok["load_after"]])
+    return [f"{len(busy)} of {len(ok)} configurations were timed while the machine was busy (load average up to "
+            f"{loads.max():.1f} on {int(ok['cpu_cores'].max())} cores); their wall times may be inflated: compare "
+            "wall_s_steps (median step), and rerun on a quiet machine for numbers to publish"] + \
+        [w for is_busy, w in lines if not is_busy]
 
 
 def _fmt(value) -> str:

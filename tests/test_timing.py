@@ -101,3 +101,13 @@ def test_a_busy_machine_is_warned_about_on_stderr_and_in_the_report(registry, tm
     out = run_benchmark(config, registry, out=str(tmp_path / "run"), quiet=True)
     assert "warning: ddim @ 2: the machine was busy (load average 7.5" in capsys.readouterr().err
     assert "## Timing warnings" in (out / "report.md").read_text()
+
+
+def test_many_busy_configurations_are_counted_in_one_report_line():
+    import pandas as pd
+
+    from bench.report import timing_warnings
+    rows = [{"sampler": f"s{i}", "steps": 10, "status": "ok", "busy": True, "load_before": 3.0 + i, "load_after": 3.0,
+             "cpu_cores": 2, "timing_spread": 0.1, "timing_batches": 5} for i in range(7)]
+    (line,) = timing_warnings(pd.DataFrame(rows))
+    assert line.startswith("7 of 7 configurations were timed while the machine was busy (load average up to 9.0")
