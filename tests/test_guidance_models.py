@@ -19,6 +19,7 @@ from models.metrics import ClassAccuracy, classifier_labels, create_cond_acc
 from models.oracle import ConditionalOracleDenoiser, OracleDenoiser, make_conditional_mixture
 from models.train import PRESETS, RunConfig, train, training_target
 from models.weights import load_denoiser
+from tests.helpers import run_sampler
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +137,14 @@ def test_conditional_presets_drop_labels_to_the_null_label_and_fashion_cond_pred
         preset = PRESETS[name]
         assert preset.conditional and preset.network["num_classes"] == 10 and 0.1 <= preset.label_dropout <= 0.2
     assert PRESETS["fashion-mnist-cond"].prediction_type == "v"
+
+
+@pytest.mark.parametrize(("guidance", "target"), [(0.0, 0.90), (2.0, 0.95)])
+def test_shipped_digits_cond_samples_are_classified_as_their_label(registry, guidance, target):
+    denoiser = registry.model("digits-cond").load()
+    spec = registry.samplers["ddim"]
+    images = torch.arange(100)
+    x, _ = run_sampler(spec, spec.resolve_params(), denoiser, 50, images, guidance=guidance)
+    accuracy = ClassAccuracy(classifier_labels("digits"))
+    accuracy.update(x, labels=images % 10)  # the seam's balanced labels: image i has class i mod 10
+    assert accuracy.compute()["cond_acc"] >= target
