@@ -64,7 +64,7 @@ PRESETS: dict[str, TrainPreset] = {p.name: p for p in (
                 {"in_channels": 1, "channels": (8, 16, 32), "embed_dim": 32, "image_size": 8},
                 steps=15_000, batch_size=128, lr=2e-3, warmup_steps=500, checkpoint_every=2_500),
     TrainPreset("digits-cond", "Class-conditional ddpm-unet (16/32 channels, attention at 4x4) on sklearn 8x8 "
-                "digits, label dropout 0.15 (null label 10) for classifier-free guidance; the CPU default for "
+                "digits, label dropout 0.15 (null label 10) for classifier-free guidance; the CPU-sized model for "
                 "conditional and guided runs", "digits", "ddpm-unet",
                 {"in_channels": 1, "base_channels": 16, "channel_mults": (1, 2), "num_res_blocks": 1,
                  "image_size": 8, "num_classes": 10},
