@@ -12,6 +12,7 @@ import torch
 from bench.denoiser import eps_from_prediction
 from bench.errors import UserError
 from bench.report import guidance_plots, guidance_sentences
+from bench.sampling import GuidedDenoiser
 from bench.schedule import NoiseSchedule
 from models.data import load_dataset
 from models.features import load_card
@@ -32,17 +33,39 @@ def gaussian_eps(x: torch.Tensor, a: float, mean: torch.Tensor, var: torch.Tenso
     return math.sqrt(1 - a) * (x - math.sqrt(a) * mean) / (a * var + 1 - a)
 
 
+def mixture_eps(x: torch.Tensor, a: float, mixture) -> torch.Tensor:
+    """eps* of the whole mixture for one flattened row: the responsibility-weighted component eps*."""
+    var = a * mixture.variances + 1 - a                                             # (K, D)
+    log_density = -0.5 * (((x - math.sqrt(a) * mixture.means) ** 2 / var) + var.log()).sum(1)
+    responsibility = torch.softmax(log_density + mixture.weights.log(), 0)          # (K,)
+    components = torch.stack([gaussian_eps(x, a, m, v) for m, v in zip(mixture.means, mixture.variances,
+                                                                        strict=True)])
+    return responsibility @ components
+
+
+def test_guided_conditional_oracle_is_exact_row_by_row(cond_oracle):
+    mixture, w = cond_oracle.mixture, 2.0
+    labels = torch.tensor([3, 0, 1, 2, 0, 3])
+    t = torch.tensor([999, 600, 300, 50, 5, 400])
+    x = torch.randn(len(labels), 1, 8, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    guided = GuidedDenoiser(cond_oracle, w)(x, t, labels)
+    for row, (label, step) in enumerate(zip(labels.tolist(), t.tolist(), strict=True)):
+        a, flat = float(cond_oracle.schedule.alpha_bar[step]), x[row].flatten()
+        expected = ((1 + w) * gaussian_eps(flat, a, mixture.means[label], mixture.variances[label])
+                    - w * mixture_eps(flat, a, mixture))
+        torch.testing.assert_close(guided[row].flatten(), expected, rtol=1e-9, atol=1e-10)
+
+
 def test_conditional_oracle_gives_each_rows_component_eps_and_null_rows_the_mixture_eps(cond_oracle):
     mixture, k = cond_oracle.mixture, cond_oracle.num_classes
     labels = torch.tensor([2, k, 0, 3, k, 1, 2, 0])
     t = torch.tensor([10, 500, 500, 990, 10, 250, 700, 0])
     x = torch.randn(len(labels), 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     eps = cond_oracle(x, t, labels)
-    unconditional = OracleDenoiser(mixture)
     for row, (label, step) in enumerate(zip(labels.tolist(), t.tolist(), strict=True)):
         a = float(cond_oracle.schedule.alpha_bar[step])
         if label == k:
-            expected = unconditional(x[row:row + 1], step)[0]
+            expected = mixture_eps(x[row].flatten(), a, mixture).view(1, 8, 8)
         else:
             expected = gaussian_eps(x[row].flatten(), a, mixture.means[label], mixture.variances[label]).view(1, 8, 8)
         torch.testing.assert_close(eps[row], expected, rtol=1e-10, atol=1e-12)
