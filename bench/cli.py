@@ -229,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=positive_int,
                    help="images per configuration (default 500 on CPU, 10000 on CUDA)")
     p.add_argument("--batch-size", type=positive_int, help="images per network call (default 500 on CPU, 2500 on CUDA)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads for sampling (default: torch's choice, "
+                   "one per core); on a CPU shared with other work, --threads 1 avoids OpenMP stalls")
     p.add_argument("--seed", type=seed_int, help="seed of the per-image noise (default 0)")
     p.add_argument("--device", help="auto, cpu or cuda (default auto)")
     p.add_argument("--precision", choices=PRECISIONS, help="autocast precision (default fp32; fp16 needs CUDA)")

@@ -37,13 +37,14 @@ class RunConfig:
     guidance: tuple[float, ...] = ()  # classifier-free guidance w (Ho & Salimans); () = 0 on conditional models
     classes: tuple[int, ...] = ()     # labels to cycle through; () = every class of a conditional model
     compile: bool = False             # torch.compile the network (compile time kept out of wall_s)
+    threads: int | None = None        # torch CPU threads for sampling; None: torch's default
 
     def __post_init__(self):
         """The counts a run is made of are checked here, whoever builds the config (CLI, --resume, code)."""
-        for name, low in (("num_samples", 1), ("batch_size", 1), ("bootstrap", 0), ("grid_images", 0),
+        for name, low in (("num_samples", 1), ("batch_size", 1), ("threads", 1), ("bootstrap", 0), ("grid_images", 0),
                           ("trajectory_images", 0), ("seed", -(2**63))):
             value = getattr(self, name)
-            if value is None and name in ("num_samples", "batch_size"):
+            if value is None and name in ("num_samples", "batch_size", "threads"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value < 2**63:
                 bound = "a 64-bit integer" if name == "seed" else f"an integer >= {low}"

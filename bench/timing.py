@@ -57,8 +57,10 @@ class MachineState:
 
     @property
     def busy(self) -> bool:
-        """More runnable processes than cores: our timings compete with someone else's work."""
-        return self.load > self.cores
+        """Someone else's work competes with ours: the load beyond our own threads is at least half a core,
+        and with it more runnable threads than cores (the one-minute load includes our own sampling)."""
+        others = self.load - self.threads
+        return others >= 0.5 and others + self.threads > self.cores
 
 
 @dataclass

@@ -132,7 +132,7 @@ def bootstrap_interval(point: float, samples: torch.Tensor, confidence: float = 
     shift = float(np.median(values)) - point
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low - shift), float(high - shift)
+    return max(0.0, float(low - shift)), max(0.0, float(high - shift))  # a distance is never negative
 
 
 def _subsample(rows: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:

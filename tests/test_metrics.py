@@ -147,3 +147,8 @@ def test_plugin_registers_fid_and_oracle_fd():
 def test_kid_and_prc_are_nan_when_there_are_too_few_rows():
     result = metrics_module.kid_and_prc(gaussian_rows(1, 4, 0), gaussian_rows(50, 4, 1), seed=0)
     assert all(math.isnan(value) for value in result.values())
+
+
+def test_bootstrap_interval_never_goes_below_zero():
+    low, high = bootstrap_interval(0.2, torch.tensor([0.5, 1.0, 2.0, 4.0, 8.0], dtype=torch.float64))
+    assert low == 0.0 and high > 0.2

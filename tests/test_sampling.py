@@ -122,3 +122,17 @@ def test_guidance_keeps_a_real_valued_time_as_given(registry):
 
     GuidedDenoiser(Recorder(), 1.0)(torch.zeros(2, 1, 4, 4), 12.25, torch.tensor([0, 1]))
     assert seen == [12.25]
+
+
+def test_threads_option_sets_and_records_torch_threads(tmp_path):
+    import json
+
+    before = torch.get_num_threads()
+    try:
+        config = RunConfig(samplers=("ddim",), steps=(2,), model="gaussian-oracle", num_samples=4, metrics=("none",),
+                           threads=1, grid_images=0, trajectory_images=0)
+        out = run_benchmark(config, load_registry(), out=str(tmp_path / "run"), quiet=True)
+        assert json.loads((out / "config.json").read_text())["timing"]["threads"] == 1
+        assert (pd.read_csv(out / "results.csv")["threads"] == 1).all()
+    finally:
+        torch.set_num_threads(before)

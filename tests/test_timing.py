@@ -111,3 +111,9 @@ def test_many_busy_configurations_are_counted_in_one_report_line():
              "cpu_cores": 2, "timing_spread": 0.1, "timing_batches": 5} for i in range(7)]
     (line,) = timing_warnings(pd.DataFrame(rows))
     assert line.startswith("7 of 7 configurations were timed while the machine was busy (load average up to 9.0")
+
+
+def test_our_own_threads_do_not_make_the_machine_busy():
+    assert not MachineState(load=2.0, cores=2, threads=2).busy  # the load of our own sampling alone
+    assert MachineState(load=2.6, cores=2, threads=2).busy      # plus half a core of someone else's work
+    assert not MachineState(load=1.4, cores=4, threads=1).busy  # others use cores we do not need
