@@ -58,14 +58,14 @@ def sample_edm_stochastic(denoiser, x, timesteps, noise, *, s_churn=40.0, s_tmin
     x = x / lv[0].alpha
     for i, (cur, nxt) in enumerate(zip(lv[:-1], lv[1:])):
         gamma = gamma_max if s_tmin <= cur.sigma_edm <= s_tmax and not nxt.clean else 0.0
-        hat = cur
+        hat, x_cur = cur, x * cur.alpha
         if gamma > 0:
             t_hat = denoiser.round_time(schedule.t_from_sigma(min(cur.sigma_edm * (1 + gamma), sigma_max)))
             hat = level(schedule, t_hat)
             x = x + math.sqrt(max(hat.sigma_edm**2 - cur.sigma_edm**2, 0.0)) * s_noise * noise(i)
         d = denoiser(x * hat.alpha, hat.t, cond)
-        if callback is not None:  # the churned point the network saw, at its raised level
-            callback({"step": i, "t": hat.t, "x": x * hat.alpha, "x0": x - hat.sigma_edm * d})
+        if callback is not None:  # the state at the plan time; x0 as predicted at the churned point
+            callback({"step": i, "t": cur.t, "x": x_cur, "x0": x - hat.sigma_edm * d})
         x_next = x + (nxt.sigma_edm - hat.sigma_edm) * d
         if not nxt.clean:
             d_next = denoiser(x_next * nxt.alpha, nxt.t, cond)
