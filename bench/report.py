@@ -108,6 +108,46 @@ def _log_y_if_wide(ax, values: pd.Series) -> None:
         ax.set_ylabel(ax.get_ylabel() + " (log scale)")
 
 
+MAX_BANDED_SAMPLERS = 8  # above this many samplers: no CI bands on the overview, and one panel per family
+
+
+def _family_panels(ok: pd.DataFrame, quality: str, label: str, plot_dir: Path) -> str:
+    """Quality against NFE with one panel per plugin (sampler family), each against the best of all samplers."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    families = list(dict.fromkeys(ok["plugin"]))
+    columns = min(3, len(families))
+    rows = -(-len(families) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.6 * rows), sharex=True, sharey=True,
+                             squeeze=False)
+    best = ok.groupby("nfe")[quality].min().sort_index().cummin()  # the best anyone reaches within each budget
+    for ax, family in zip(axes.flat, families):
+        group = ok[ok["plugin"] == family]
+        names = list(dict.fromkeys(group["sampler"]))
+        palette = dict(zip(names, sns.color_palette(n_colors=len(names))))
+        ax.plot(best.index, best.values, color="0.6", lw=3, alpha=0.6, label="best of all samplers")
+        sns.lineplot(data=group, x="nfe", y=quality, hue="sampler", hue_order=names, palette=palette, marker="o",
+                     ax=ax)
+        if {"fid_ci_low", "fid_ci_high"} <= set(group.columns) and quality == "fid":
+            for name, samples in group.sort_values("nfe").groupby("sampler"):
+                ax.fill_between(samples["nfe"], samples["fid_ci_low"], samples["fid_ci_high"], alpha=0.15,
+                                color=palette[name])
+        ax.set_xscale("log")
+        ax.set_title(str(family).replace("samplers.", ""), fontsize=10)
+        ax.set_xlabel("NFE (log scale)")
+        ax.set_ylabel(label)
+        _log_y_if_wide(ax, ok[quality])
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(families):]:
+        ax.set_visible(False)
+    fig.suptitle("Quality against NFE by sampler family" + (" (95% bootstrap CI bands)" if quality == "fid" else ""))
+    fig.tight_layout()
+    fig.savefig(plot_dir / "quality_vs_nfe_by_family.png", dpi=110)
+    plt.close(fig)
+    return "plots/quality_vs_nfe_by_family.png"
+
+
 def _plots(df: pd.DataFrame, quality: str | None, label: str, out_dir: Path) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
@@ -122,7 +162,8 @@ def _plots(df: pd.DataFrame, quality: str | None, label: str, out_dir: Path) -> 
     if quality and not ok.empty:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         sns.lineplot(data=ok, x="nfe", y=quality, hue="sampler", marker="o", ax=ax)
-        if {"fid_ci_low", "fid_ci_high"} <= set(ok.columns) and quality == "fid":
+        bands = ok["sampler"].nunique() <= MAX_BANDED_SAMPLERS  # with many samplers the bands hide the lines
+        if bands and {"fid_ci_low", "fid_ci_high"} <= set(ok.columns) and quality == "fid":
             palette = dict(zip(ok["sampler"].unique(), sns.color_palette(n_colors=ok["sampler"].nunique())))
             for name, group in ok.sort_values("nfe").groupby("sampler"):
                 ax.fill_between(group["nfe"], group["fid_ci_low"], group["fid_ci_high"], alpha=0.15,
@@ -133,12 +174,14 @@ def _plots(df: pd.DataFrame, quality: str | None, label: str, out_dir: Path) -> 
         ax.set_xlabel("network calls per image (NFE, log scale)")
         ax.set_ylabel(label)
         _log_y_if_wide(ax, ok[quality])
-        ax.set_title("Quality against NFE" + (" (95% bootstrap CI bands)" if quality == "fid" else ""))
+        ax.set_title("Quality against NFE" + (" (95% bootstrap CI bands)" if quality == "fid" and bands else ""))
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         fig.savefig(plot_dir / "quality_vs_nfe.png", dpi=120)
         plt.close(fig)
         made.append("plots/quality_vs_nfe.png")
+        if ok["sampler"].nunique() > MAX_BANDED_SAMPLERS and "plugin" in ok.columns:
+            made.append(_family_panels(ok, quality, label, plot_dir))
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
         sns.scatterplot(data=ok, x="wall_s", y=quality, hue="sampler", ax=ax)

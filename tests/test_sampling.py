@@ -136,3 +136,11 @@ def test_threads_option_sets_and_records_torch_threads(tmp_path):
         assert (pd.read_csv(out / "results.csv")["threads"] == 1).all()
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_run_of_many_samplers_gets_one_quality_panel_per_family(tmp_path):
+    config = RunConfig(samplers=("all",), steps=(5,), model="gaussian-oracle", num_samples=16, metrics=("oracle-fd",),
+                       grid_images=0, trajectory_images=0)
+    out = run_benchmark(config, load_registry(), out=str(tmp_path / "run"), quiet=True)
+    assert (out / "plots" / "quality_vs_nfe_by_family.png").stat().st_size > 0
+    assert "plots/quality_vs_nfe_by_family.png" in (out / "report.md").read_text()
