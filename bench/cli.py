@@ -63,6 +63,10 @@ def cmd_list(args) -> int:
             print(f"  {name:<20} {item.description}{extra}  (plugin: {item.plugin})")
         if not table:
             print("  (none)")
+        if title == "Samplers":
+            from bench.registry import COMMON_PARAMS
+            print("  every sampler also takes: " + "; ".join(f"{k}={p.default} ({p.allowed()}): {p.help}"
+                                                         for k, p in COMMON_PARAMS.items()))
         print()
     if registry.errors:
         print(f"{len(registry.errors)} plugin problem(s); see the warnings above.")

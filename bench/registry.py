@@ -71,6 +71,17 @@ class Param:
         return value
 
 
+# Options every sampler accepts, applied by the sampling seam (bench/sampling.py) around the denoiser, so no
+# sampler implements them: clipping of the predicted x_0 to the data range [-1, 1] (diffusers' clip_sample)
+# or Imagen's dynamic thresholding (Saharia et al. 2022), with the eps the sampler sees made consistent.
+COMMON_PARAMS = {
+    "clip_x0": Param("none", "clip the predicted x_0: none, static (to [-1, 1], diffusers' clip_sample) or dynamic "
+                     "(Imagen's dynamic thresholding)", ("none", "static", "dynamic")),
+    "clip_percentile": Param(0.995, "dynamic thresholding: s = this percentile of |x_0| per image (at least 1); "
+                             "x_0 is clipped to [-s, s] and divided by s", low=0.5, high=1.0),
+}
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     """A registered sampler.
@@ -97,13 +108,18 @@ class SamplerSpec:
     check: Callable[[list, Mapping[str, Any]], None] | None = None
 
     def resolve_params(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Defaults updated by `overrides`, each checked against its declaration."""
+        """Defaults updated by `overrides`, each checked against its declaration.
+
+        The options every sampler accepts (COMMON_PARAMS: x_0 clipping, applied by the sampling seam)
+        appear in the result only when given.
+        """
         resolved = {name: p.default for name, p in self.params.items()}
         for name, value in (overrides or {}).items():
-            if name not in self.params:
-                known = ", ".join(self.params) or "none"
+            declared = self.params.get(name) or COMMON_PARAMS.get(name)
+            if declared is None:
+                known = ", ".join([*self.params, *COMMON_PARAMS])
                 raise UserError(f"sampler {self.name!r} has no parameter {name!r} (its parameters: {known})")
-            resolved[name] = self.params[name].convert(name, value)
+            resolved[name] = declared.convert(name, value)
         return resolved
 
     def plan_name(self, params: Mapping[str, Any]) -> str:
@@ -138,8 +154,8 @@ class SamplerSpec:
         return timesteps
 
     def sampler_kwargs(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """The parameters passed to `fn`: all but the plan ones, which the harness consumes."""
-        return {k: v for k, v in params.items() if k not in PLAN_PARAMS}
+        """The parameters passed to `fn`: all but the plan ones and the common ones, which the harness consumes."""
+        return {k: v for k, v in params.items() if k not in PLAN_PARAMS and k not in COMMON_PARAMS}
 
     def expected_nfe(self, timesteps: list, params: Mapping[str, Any] | None = None) -> int:
         """Network calls per image this sampler makes on `timesteps` with `params`."""

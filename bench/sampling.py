@@ -51,6 +51,43 @@ class GuidedDenoiser:
         return torch.lerp(eps_uncond, eps_cond, 1.0 + self.scale)  # uncond + (1 + w)(cond - uncond)
 
 
+class ClippedDenoiser:
+    """Clip the predicted x_0 and return the eps consistent with it: x_0 = (x - sqrt(1-a) eps) / sqrt(a),
+    clipped, then eps = (x - sqrt(a) x_0) / sqrt(1 - a), so every eps-based sampler uses the clipped x_0.
+
+    'static' clips to the data range [-1, 1] (diffusers' clip_sample); 'dynamic' is Imagen's dynamic
+    thresholding (Saharia et al. 2022, Sec. 2.3): s = max(1, the `percentile` quantile of |x_0| per image),
+    x_0 -> clip(x_0, -s, s) / s. It wraps guidance, so the guided x_0 is the one clipped, as in Imagen.
+    """
+
+    def __init__(self, denoiser, mode: str, percentile: float = 0.995):
+        self.inner = denoiser
+        self.mode = mode
+        self.percentile = float(percentile)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, x_t: torch.Tensor, t, cond: torch.Tensor | None = None) -> torch.Tensor:
+        eps = self.inner(x_t, t, cond)
+        shape = (-1, *[1] * (x_t.dim() - 1))
+        if isinstance(t, torch.Tensor) and t.dim() > 0:
+            t = t.to(x_t.device)
+            if t.is_floating_point() and not getattr(self, "continuous_time", False):  # as the network saw it
+                t = (t + 0.5).floor().clamp(0, self.num_timesteps - 1).long()
+            a = self.schedule.alpha_bar_of(t).view(shape).to(x_t.dtype)
+        else:
+            a = torch.tensor(self.schedule.alpha_bar_at(self.round_time(float(t))), dtype=x_t.dtype)
+        x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+        if self.mode == "static":
+            x0 = x0.clamp(-1, 1)
+        else:
+            s = torch.quantile(x0.abs().flatten(1).float(), self.percentile, dim=1).clamp(min=1).to(x0.dtype)
+            s = s.view(shape)
+            x0 = torch.maximum(torch.minimum(x0, s), -s) / s
+        return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+
+
 def batch_noise(seed: int | NoiseSource, image_indices, image_shape: tuple[int, ...],
                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> StepNoise:
     """The per-image noise of these images (x_T and every step's fresh noise)."""
@@ -77,5 +114,7 @@ def sample(spec, params: dict[str, Any], denoiser, timesteps: Sequence, image_in
     labels = image_labels(image_indices, classes if num_classes else None)
     cond = labels.to(device) if labels is not None else None
     model = GuidedDenoiser(denoiser, guidance) if guidance and cond is not None else denoiser
+    if params.get("clip_x0", "none") != "none":
+        model = ClippedDenoiser(model, params["clip_x0"], params.get("clip_percentile", 0.995))
     return spec.fn(model, noise.initial(), list(timesteps), noise, callback=callback, cond=cond,
                    **spec.sampler_kwargs(params))

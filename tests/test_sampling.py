@@ -144,3 +144,52 @@ def test_a_run_of_many_samplers_gets_one_quality_panel_per_family(tmp_path):
     out = run_benchmark(config, load_registry(), out=str(tmp_path / "run"), quiet=True)
     assert (out / "plots" / "quality_vs_nfe_by_family.png").stat().st_size > 0
     assert "plots/quality_vs_nfe_by_family.png" in (out / "report.md").read_text()
+
+
+def _x0(denoiser, x, t, eps):
+    a = denoiser.schedule.alpha_bar_at(t)
+    return (x - (1 - a) ** 0.5 * eps) / a**0.5
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_clipping_gives_the_eps_of_the_clipped_x0(oracle, mode):
+    from bench.sampling import ClippedDenoiser
+
+    x = 3 * torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    t = 400
+    raw = _x0(oracle, x, t, oracle(x, t))
+    clipped = _x0(oracle, x, t, ClippedDenoiser(oracle, mode, 0.9)(x, t))
+    if mode == "static":
+        torch.testing.assert_close(clipped, raw.clamp(-1, 1))
+    else:
+        s = torch.quantile(raw.abs().flatten(1), 0.9, dim=1).clamp(min=1).view(-1, 1, 1, 1)
+        torch.testing.assert_close(clipped, torch.maximum(torch.minimum(raw, s), -s) / s)
+    assert clipped.abs().max() <= 1 + 1e-9
+
+
+def test_clipping_leaves_an_x0_inside_the_data_range_alone(oracle):
+    from bench.sampling import ClippedDenoiser
+
+    x0 = 0.5 * torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    a = oracle.schedule.alpha_bar_at(100)
+    x = a**0.5 * x0 + (1 - a) ** 0.5 * torch.randn_like(x0)
+    eps = (x - a**0.5 * x0) / (1 - a) ** 0.5  # the eps whose predicted x0 is x0, inside [-1, 1]
+    model = Denoiser(oracle.schedule, DenoiserInfo("fixed", (1, 8, 8)))
+    model.predict_eps = lambda x_t, t, cond=None: eps
+    for mode in ("static", "dynamic"):
+        torch.testing.assert_close(ClippedDenoiser(model, mode)(x, 100), eps)
+
+
+def test_clip_options_are_accepted_by_every_sampler_validated_and_recorded(registry, tmp_path):
+    spec = registry.samplers["dpm-solver++"]
+    params = spec.resolve_params({"clip_x0": "dynamic", "clip_percentile": "0.99"})
+    assert params["clip_x0"] == "dynamic" and "clip_x0" not in spec.sampler_kwargs(params)
+    with pytest.raises(UserError, match="clip_x0='sometimes' must be one of none, static, dynamic"):
+        spec.resolve_params({"clip_x0": "sometimes"})
+    with pytest.raises(UserError, match="clip_percentile"):
+        spec.resolve_params({"clip_percentile": "1.5"})
+    config = RunConfig(samplers=("ddim:clip_x0=static",), steps=(5,), model="gaussian-oracle", num_samples=8,
+                       metrics=("none",), grid_images=0, trajectory_images=0)
+    out = run_benchmark(config, load_registry(), out=str(tmp_path / "run"), quiet=True)
+    row = pd.read_csv(out / "results.csv").iloc[0]
+    assert row["status"] == "ok" and '"clip_x0": "static"' in row["params"]
