@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bench.frechet import resample_counts, shifted_interval, weighted_fid
+
 FEATURES_DIR = "features"
 REFERENCE_FILE = "reference.npz"
-CONFIDENCE = 0.95
 RESAMPLES = 200
 
 
@@ -84,7 +85,7 @@ def save_reference(out_dir: Path, column: str, mu: np.ndarray, sigma: np.ndarray
 
 @dataclass(frozen=True)
 class Reference:
-    """Mean and covariance the Fréchet distance is taken against (what models.metrics.weighted_fid needs)."""
+    """Mean and covariance the Fréchet distance is taken against (what bench.frechet.weighted_fid needs)."""
 
     column: str
     mu: np.ndarray
@@ -99,28 +100,9 @@ def load_reference(out_dir: Path) -> Reference | None:
         return Reference(str(data["column"]), data["mu"], data["sigma"])
 
 
-def resample_counts(num_images: int, resamples: int, seed: int) -> torch.Tensor:
-    """(resamples, num_images) multiplicities of image indices drawn with replacement, seeded."""
-    generator = torch.Generator().manual_seed(seed)
-    drawn = torch.randint(num_images, (resamples, num_images), generator=generator)
-    return torch.zeros(resamples, num_images, dtype=torch.float64).scatter_add_(
-        1, drawn, torch.ones(resamples, num_images, dtype=torch.float64))
-
-
 def bootstrap_distances(rows: torch.Tensor, counts: torch.Tensor, reference: Reference) -> torch.Tensor:
     """Fréchet distance of every row-weighting in `counts` (one per resample) against the reference."""
-    from models.metrics import weighted_fid
     return weighted_fid(rows, counts, reference)
-
-
-def shifted_interval(point: float, values: torch.Tensor, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Percentile interval of bootstrap values, shifted so their median is `point` (resampling with
-    duplicates biases a Fréchet distance upwards; the shift removes that bias as the per-row CI does)."""
-    values = values.numpy()
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    shift = float(np.median(values)) - point
-    return float(low - shift), float(high - shift)
 
 
 @dataclass(frozen=True)

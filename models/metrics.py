@@ -36,6 +36,7 @@ from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, p
 
 from bench import MetricSpec, hookimpl
 from bench.errors import UserError
+from bench.frechet import CONFIDENCE, resample_counts, shifted_interval, weighted_fid
 from models.data import DATASETS
 from models.features import (
     ReferenceStats,
@@ -53,11 +54,9 @@ from models.features import (
     to_uint8,
 )
 
-CONFIDENCE = 0.95
 KID_SUBSETS = 20  # torch-fidelity default 100 x 1000 rows takes ~10 s on a CPU; KID is unbiased at any size
 KID_SUBSET_SIZE = 500
 PRC_NEIGHBORHOOD = 3
-_BOOTSTRAP_CHUNK_ELEMENTS = 2e7  # bounds the (resamples, D, N) temporary in bootstrap_fid
 
 
 class MomentAccumulator:
@@ -85,54 +84,14 @@ class MomentAccumulator:
         return (self.outer - self.count * torch.outer(mean, mean)) / (self.count - 1)
 
 
-def _trace_sqrt_product(sqrt_reference: torch.Tensor, covariances: torch.Tensor) -> torch.Tensor:
-    """tr sqrt(C R) for a batch of covariances C, as tr sqrt(R^1/2 C R^1/2) (symmetric, so eigvalsh)."""
-    middle = sqrt_reference @ covariances @ sqrt_reference
-    return torch.linalg.eigvalsh((middle + middle.mT) / 2).clamp(min=0).sqrt().sum(-1)
-
-
-def _sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:
-    values, vectors = torch.linalg.eigh(matrix)
-    return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
-
-
-def weighted_fid(features: torch.Tensor, weights: torch.Tensor, reference: ReferenceStats) -> torch.Tensor:
-    """FID of each row-weighting of `features` (weights (B, N), integer counts summing to N) against
-    `reference`, vectorised; all-ones weights give the plain FID."""
-    x = features.to(torch.float64)
-    n = weights.sum(1, keepdim=True).to(torch.float64)
-    mu_ref = torch.from_numpy(reference.mu)
-    sigma_ref = torch.from_numpy(reference.sigma)
-    sqrt_ref = _sqrt_psd(sigma_ref)
-    chunk = max(1, int(_BOOTSTRAP_CHUNK_ELEMENTS // max(1, x.numel())))
-    out = []
-    for w, count in zip(weights.to(torch.float64).split(chunk), n.split(chunk), strict=True):
-        mean = w @ x / count                                            # (b, D)
-        second = (x.T.unsqueeze(0) * w.unsqueeze(1)) @ x                # (b, D, D)
-        cov = (second - count.unsqueeze(-1) * mean.unsqueeze(2) * mean.unsqueeze(1)) / (count.unsqueeze(-1) - 1)
-        diff = ((mean - mu_ref) ** 2).sum(1)
-        trace = cov.diagonal(dim1=1, dim2=2).sum(1) + sigma_ref.trace()
-        out.append(diff + trace - 2 * _trace_sqrt_product(sqrt_ref, cov))
-    return torch.cat(out)
-
-
 def bootstrap_fid(features: torch.Tensor, reference: ReferenceStats, resamples: int, seed: int) -> torch.Tensor:
     """FID of `resamples` bootstrap resamples (rows drawn with replacement, seeded) of `features`."""
-    n = features.shape[0]
-    generator = torch.Generator().manual_seed(seed)
-    rows = torch.randint(n, (resamples, n), generator=generator)
-    counts = torch.zeros(resamples, n, dtype=torch.float64).scatter_add_(1, rows, torch.ones(resamples, n,
-                                                                                             dtype=torch.float64))
-    return weighted_fid(features, counts, reference)
+    return weighted_fid(features, resample_counts(features.shape[0], resamples, seed), reference)
 
 
 def bootstrap_interval(point: float, samples: torch.Tensor, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Percentile interval of bootstrap values shifted so that their median is `point`."""
-    values = samples.numpy()
-    shift = float(np.median(values)) - point
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return max(0.0, float(low - shift)), max(0.0, float(high - shift))  # a distance is never negative
+    """Percentile interval of bootstrap FIDs shifted so that their median is `point`; a distance is never negative."""
+    return shifted_interval(point, samples, confidence, floor=0.0)
 
 
 def _subsample(rows: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
