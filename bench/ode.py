@@ -17,6 +17,16 @@ from typing import NamedTuple
 import torch
 
 from bench.errors import UserError
+from bench.plans import KARRAS_RHO, PLANS
+from bench.registry import Param
+
+AFS_PARAM = Param(False, "analytical first step: use x_T as the first eps, saving one call")
+
+
+def plan_params(default: str) -> dict[str, Param]:
+    """The timestep plan (any but 'full') and the Karras exponent, declared the same way by every solver."""
+    return {"plan": Param(default, "timestep plan", tuple(p for p in PLANS if p != "full")),
+            "rho": Param(KARRAS_RHO, "Karras plan exponent (plan=karras)", low=1e-3, high=100.0)}
 
 
 @dataclass(frozen=True)

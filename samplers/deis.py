@@ -10,8 +10,7 @@ import numpy as np
 import torch
 
 from bench import Param, Preset, SamplerSpec, hookimpl, x0_from_eps
-from bench.ode import afs_eps, check_afs, levels, multistep_nfe, step_order
-from bench.plans import KARRAS_RHO, PLANS
+from bench.ode import AFS_PARAM, afs_eps, check_afs, levels, multistep_nfe, plan_params, step_order
 
 ORDERS = (1, 2, 3)
 # Gauss-Legendre nodes and weights on [-1, 1], 8 per smooth piece: exact for the polynomials, ~1e-16 for sigma(t).
@@ -98,10 +97,9 @@ def register_samplers(register):
         "deis", sample_deis, "DEIS-tAB3 (Zhang & Chen 2023): exponential integrator, eps extrapolated by a "
         "polynomial in time through the last 3 outputs",
         {"order": Param(3, "polynomial order q (tAB-q): eps through the last q model outputs", ORDERS),
-         "afs": Param(False, "analytical first step: use x_T as the first eps, saving one call"),
+         "afs": AFS_PARAM,
          "lower_order_final": Param(True, "on plans under 15 steps, step into the last time at order <= 2"),
-         "plan": Param("logsnr", "timestep plan", tuple(p for p in PLANS if p != "full")),
-         "rho": Param(KARRAS_RHO, "Karras plan exponent (plan=karras)", low=1e-3, high=100.0)},
+         **plan_params("logsnr")},
         plan="logsnr", nfe=multistep_nfe, check=check_afs))
 
 

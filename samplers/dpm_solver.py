@@ -15,10 +15,18 @@ import math
 import torch
 
 from bench import Param, Preset, SamplerSpec, hookimpl, x0_from_eps
-from bench.ode import Level, afs_eps, check_afs, level, levels, multistep_nfe, step_order, two_stage_nfe
-from bench.plans import KARRAS_RHO, PLANS
-
-STEP_PLANS = tuple(p for p in PLANS if p != "full")
+from bench.ode import (
+    AFS_PARAM,
+    Level,
+    afs_eps,
+    check_afs,
+    level,
+    levels,
+    multistep_nfe,
+    plan_params,
+    step_order,
+    two_stage_nfe,
+)
 
 
 def dpmpp_update(x: torch.Tensor, past: list[tuple[Level, torch.Tensor]], nxt: Level, order: int) -> torch.Tensor:
@@ -122,13 +130,7 @@ def sample_dpm_solver_2(denoiser, x, timesteps, noise, *, afs=False, callback=No
     return x
 
 
-def _common(plan: str = "logsnr") -> dict[str, Param]:
-    return {"plan": Param(plan, "timestep plan", STEP_PLANS),
-            "rho": Param(KARRAS_RHO, "Karras plan exponent (plan=karras)", low=1e-3, high=100.0)}
-
-
 _LOWER_ORDER_FINAL = Param(True, "on plans under 15 steps, step into the last time at order <= 2")
-_AFS = Param(False, "analytical first step: use x_T as the first eps, saving one call")
 
 
 @hookimpl
@@ -136,17 +138,17 @@ def register_samplers(register):
     register(SamplerSpec(
         "dpm-solver++", sample_dpmpp, "Multistep DPM-Solver++ (Lu et al. 2022b): data prediction, one call "
         "per step, orders 1-3",
-        {"order": Param(2, "solver order", (1, 2, 3)), "lower_order_final": _LOWER_ORDER_FINAL, "afs": _AFS,
-         **_common()},
+        {"order": Param(2, "solver order", (1, 2, 3)), "lower_order_final": _LOWER_ORDER_FINAL, "afs": AFS_PARAM,
+         **plan_params("logsnr")},
         plan="logsnr", nfe=multistep_nfe, check=check_afs))
     register(SamplerSpec(
         "dpm-solver++-sde", sample_dpmpp_sde, "SDE-DPM-Solver++ (Lu et al. 2022b): multistep reverse-SDE "
         "solver in data prediction, orders 1-2, fresh noise every step",
-        {"order": Param(2, "solver order", (1, 2)), "lower_order_final": _LOWER_ORDER_FINAL, **_common()},
+        {"order": Param(2, "solver order", (1, 2)), "lower_order_final": _LOWER_ORDER_FINAL, **plan_params("logsnr")},
         plan="logsnr"))
     register(SamplerSpec(
         "dpm-solver-2", sample_dpm_solver_2, "Singlestep DPM-Solver-2 (Lu et al. 2022a): eps at the log-SNR "
-        "midpoint of each step; 2N-1 calls", {"afs": _AFS, **_common()},
+        "midpoint of each step; 2N-1 calls", {"afs": AFS_PARAM, **plan_params("logsnr")},
         plan="logsnr", nfe=two_stage_nfe, check=check_afs))
 
 

@@ -11,10 +11,7 @@ from __future__ import annotations
 import math
 
 from bench import Param, Preset, SamplerSpec, hookimpl
-from bench.ode import afs_eps, check_afs, level, levels, multistep_nfe, two_stage_nfe
-from bench.plans import KARRAS_RHO, PLANS
-
-STEP_PLANS = tuple(p for p in PLANS if p != "full")
+from bench.ode import AFS_PARAM, afs_eps, check_afs, level, levels, multistep_nfe, plan_params, two_stage_nfe
 
 
 def sample_euler(denoiser, x, timesteps, noise, *, afs=False, callback=None, cond=None, **_):
@@ -74,27 +71,21 @@ def sample_edm_stochastic(denoiser, x, timesteps, noise, *, s_churn=40.0, s_tmin
     return x
 
 
-def _plan_params(default: str) -> dict[str, Param]:
-    return {"plan": Param(default, "timestep plan", STEP_PLANS),
-            "rho": Param(KARRAS_RHO, "Karras plan exponent (plan=karras)", low=1e-3, high=100.0)}
-
-
-_AFS = Param(False, "analytical first step: use x_T as the first eps, saving one call")
 
 
 @hookimpl
 def register_samplers(register):
     register(SamplerSpec(
         "euler", sample_euler, "Euler on the probability-flow ODE in EDM's sigma (Karras et al. 2022, Alg. 1 "
-        "without the correction); equals DDIM on the same plan", {**_plan_params("uniform"), "afs": _AFS},
+        "without the correction); equals DDIM on the same plan", {**plan_params("uniform"), "afs": AFS_PARAM},
         plan="uniform", nfe=multistep_nfe, check=check_afs))
     register(SamplerSpec(
         "heun", sample_heun, "Heun's 2nd-order method (Karras et al. 2022, Alg. 1); 2N-1 calls for N steps",
-        {**_plan_params("uniform"), "afs": _AFS}, plan="uniform", nfe=two_stage_nfe, check=check_afs))
+        {**plan_params("uniform"), "afs": AFS_PARAM}, plan="uniform", nfe=two_stage_nfe, check=check_afs))
     register(SamplerSpec(
         "edm-stochastic", sample_edm_stochastic, "EDM's stochastic sampler with churn (Karras et al. 2022, Alg. 2; "
         "ImageNet-64 settings); 2N-1 calls",
-        {**_plan_params("karras"),
+        {**plan_params("karras"),
          "s_churn": Param(40.0, "total churn S_churn (gamma = min(S_churn/N, sqrt(2)-1))", low=0.0),
          "s_tmin": Param(0.05, "churn only where sigma >= S_tmin (EDM sigma)", low=0.0),
          "s_tmax": Param(50.0, "churn only where sigma <= S_tmax (EDM sigma)", low=0.0, finite=False),

@@ -9,8 +9,7 @@ import torch
 
 from bench import Param, Preset, SamplerSpec, hookimpl, x0_from_eps
 from bench.errors import UserError
-from bench.ode import Level, afs_eps, check_afs, level, levels, multistep_nfe
-from bench.plans import KARRAS_RHO, PLANS
+from bench.ode import AFS_PARAM, Level, afs_eps, check_afs, level, levels, multistep_nfe, plan_params
 from samplers.deis import lagrange_weights
 
 IPNDM_ORDERS = (1, 2, 3, 4)
@@ -128,8 +127,6 @@ def _identity(values: np.ndarray) -> np.ndarray:
     return values
 
 
-_PLANS = tuple(p for p in PLANS if p != "full")
-_RHO = Param(KARRAS_RHO, "Karras plan exponent (plan=karras)", low=1e-3, high=100.0)
 
 
 @hookimpl
@@ -139,15 +136,14 @@ def register_samplers(register):
         "sigma ODE with lower-order warm-up; NFE = steps",
         {"order": Param(4, "Adams-Bashforth order (model outputs combined)", IPNDM_ORDERS),
          "variable_step": Param(False, "weights for the actual (unequal) sigma steps instead of equal-step ones"),
-         "afs": Param(False, "analytical first step: use x_T as the first eps, saving one call"),
-         "plan": Param("karras", "timestep plan", _PLANS), "rho": _RHO},
+         "afs": AFS_PARAM, **plan_params("karras")},
         plan="karras", nfe=multistep_nfe, check=check_afs))
     register(SamplerSpec(
         "plms", sample_plms, "PLMS (Liu et al. 2022): pseudo linear multistep after 3 pseudo Runge-Kutta "
         "warm-up steps of 4 calls each; NFE = steps + 9 (warmup=improved-euler: steps + 1)",
         {"warmup": Param("runge-kutta", "runge-kutta (the paper: 3 steps of 4 calls) or improved-euler (Stable "
                          "Diffusion's PLMS: 1 extra call)", PLMS_WARMUPS),
-         "plan": Param("uniform", "timestep plan", _PLANS), "rho": _RHO},
+         **plan_params("uniform")},
         plan="uniform", nfe=plms_nfe, check=check_plms))
 
 

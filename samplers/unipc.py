@@ -12,8 +12,7 @@ import math
 import torch
 
 from bench import Param, Preset, SamplerSpec, hookimpl, x0_from_eps
-from bench.ode import Level, afs_eps, check_afs, level, levels, multistep_nfe, step_order
-from bench.plans import KARRAS_RHO, PLANS
+from bench.ode import AFS_PARAM, Level, afs_eps, check_afs, level, levels, multistep_nfe, plan_params, step_order
 
 ORDERS = (1, 2, 3)
 VARIANTS = ("bh1", "bh2")
@@ -122,10 +121,9 @@ def register_samplers(register):
         {"order": Param(3, "predictor order p (UniPC-p); the corrector raises it to p + 1", ORDERS),
          "variant": Param("bh2", "B(h): bh1 = h, bh2 = e^h - 1", VARIANTS),
          "corrector": Param(True, "apply UniC (off: the predictor UniP-p alone)"),
-         "afs": Param(False, "analytical first step: use x_T as the first eps, saving one call"),
+         "afs": AFS_PARAM,
          "lower_order_final": Param(True, "near the end use at most as many outputs as steps remain"),
-         "plan": Param("logsnr", "timestep plan", tuple(p for p in PLANS if p != "full")),
-         "rho": Param(KARRAS_RHO, "Karras plan exponent (plan=karras)", low=1e-3, high=100.0)},
+         **plan_params("logsnr")},
         plan="logsnr", nfe=multistep_nfe, check=check_afs))
 
 
