@@ -127,8 +127,6 @@ def _identity(values: np.ndarray) -> np.ndarray:
     return values
 
 
-
-
 @hookimpl
 def register_samplers(register):
     register(SamplerSpec(
