@@ -16,7 +16,7 @@ def test_compiled_run_records_compile_time_and_matches_the_eager_samples(tmp_pat
     import torch
 
     seen = []  # the trajectory strips of both runs (x_t and predicted x_0 of the first 2 images)
-    monkeypatch.setattr("bench.harness.save_grid", lambda images, path, nrow=8: seen.append(images.clone()))
+    monkeypatch.setattr("bench.jobs.save_grid", lambda images, path, nrow=8: seen.append(images.clone()))
     assert main([*RUN, "--out", str(tmp_path / "eager")]) == 0
     assert main([*RUN, "--out", str(tmp_path / "compiled"), "--compile"]) == 0
     info = json.loads((tmp_path / "compiled" / "config.json").read_text())["compile"]
