@@ -45,6 +45,15 @@ def test_conformance_moments_match_the_oracle_at_many_steps(label, spec, params,
 @pytest.mark.parametrize("label,spec,params", CONFIGS, ids=IDS)
 def test_last_step_adds_no_noise(label, spec, params, oracle):
     """Noise for the last loop index is NaN: a sampler that uses it returns NaN."""
+    _assert_last_step_adds_no_noise(spec, params, oracle)
+
+
+def test_edm_churn_adds_no_noise_on_the_final_jump_whatever_its_range(registry, oracle):
+    spec = registry.samplers["edm-stochastic"]
+    _assert_last_step_adds_no_noise(spec, spec.resolve_params({"s_tmin": 0, "s_tmax": "inf"}), oracle)
+
+
+def _assert_last_step_adds_no_noise(spec, params, oracle):
     images = torch.arange(3)
     timesteps = spec.timesteps(oracle.schedule, _steps(spec, params, 5), params)
     last = len(timesteps) - 1

@@ -88,3 +88,13 @@ def test_transitions_keep_real_times_real():
     steps = s.transitions([999.0, 10.5, 0])
     assert [t for t, _, _ in steps] == [999, 10.5, 0] and isinstance(steps[0][0], int)
     assert steps[0][2] == s.alpha_bar_at(10.5)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "scaled-linear"])
+def test_alpha_bar_prev_and_posterior_variance_at_every_timestep(kind):
+    schedule = NoiseSchedule.from_config(ScheduleConfig(kind, 50))
+    a, beta = schedule.alpha_bar.tolist(), schedule.betas.tolist()
+    prev = [1.0] + a[:-1]
+    assert schedule.alpha_bar_prev().tolist() == pytest.approx(prev, rel=1e-12)
+    expected = [beta[t] * (1 - prev[t]) / (1 - a[t]) for t in range(50)]
+    assert schedule.posterior_variance().tolist() == pytest.approx(expected, rel=1e-12, abs=1e-15)
