@@ -35,12 +35,18 @@ def sample_heun(denoiser, x, timesteps, noise, *, afs=False, callback=None, cond
         d = afs_eps(x * cur.alpha) if afs and i == 0 else denoiser(x * cur.alpha, cur.t, cond)
         if callback is not None:
             callback({"step": i, "t": cur.t, "x": x * cur.alpha, "x0": x - cur.sigma_edm * d})
-        x_next = x + (nxt.sigma_edm - cur.sigma_edm) * d
-        if not nxt.clean:
-            d_next = denoiser(x_next * nxt.alpha, nxt.t, cond)
-            x_next = x + (nxt.sigma_edm - cur.sigma_edm) * (d + d_next) / 2
-        x = x_next
+        x = heun_step(denoiser, x, d, cur, nxt, cond)
     return x
+
+
+def heun_step(denoiser, x, d, start, end, cond):
+    """From EDM sigma `start` to `end` with slope d: Euler, then the trapezoidal correction with the slope at
+    the end point (Karras et al. 2022, Alg. 1 lines 5-8), except on the final jump to sigma = 0 (line 8)."""
+    x_next = x + (end.sigma_edm - start.sigma_edm) * d
+    if end.clean:
+        return x_next
+    d_next = denoiser(x_next * end.alpha, end.t, cond)
+    return x + (end.sigma_edm - start.sigma_edm) * (d + d_next) / 2
 
 
 def sample_edm_stochastic(denoiser, x, timesteps, noise, *, s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003,
@@ -63,11 +69,7 @@ def sample_edm_stochastic(denoiser, x, timesteps, noise, *, s_churn=40.0, s_tmin
         d = denoiser(x * hat.alpha, hat.t, cond)
         if callback is not None:  # the state at the plan time; x0 as predicted at the churned point
             callback({"step": i, "t": cur.t, "x": x_cur, "x0": x - hat.sigma_edm * d})
-        x_next = x + (nxt.sigma_edm - hat.sigma_edm) * d
-        if not nxt.clean:
-            d_next = denoiser(x_next * nxt.alpha, nxt.t, cond)
-            x_next = x + (nxt.sigma_edm - hat.sigma_edm) * (d + d_next) / 2
-        x = x_next
+        x = heun_step(denoiser, x, d, hat, nxt, cond)
     return x
 
 
