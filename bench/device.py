@@ -35,8 +35,6 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-
-
 def compile_network(denoiser) -> bool:
     """Wrap the model's network in torch.compile (static shapes); False when there is no network to compile.
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from bench.denoiser import x0_from_eps
 from bench.errors import UserError
 from bench.noise import NoiseSource, StepNoise
 
@@ -71,14 +72,9 @@ class ClippedDenoiser:
     def __call__(self, x_t: torch.Tensor, t, cond: torch.Tensor | None = None) -> torch.Tensor:
         eps = self.inner(x_t, t, cond)
         shape = (-1, *[1] * (x_t.dim() - 1))
-        if isinstance(t, torch.Tensor) and t.dim() > 0:
-            t = t.to(x_t.device)
-            if t.is_floating_point() and not getattr(self, "continuous_time", False):  # as the network saw it
-                t = (t + 0.5).floor().clamp(0, self.num_timesteps - 1).long()
-            a = self.schedule.alpha_bar_of(t).view(shape).to(x_t.dtype)
-        else:
-            a = torch.tensor(self.schedule.alpha_bar_at(self.round_time(float(t))), dtype=x_t.dtype)
-        x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+        seen = self.model_time(t, x_t.shape[0], x_t.device)  # the time the network was evaluated at
+        a = self.schedule.alpha_bar_of(seen).to(x_t.dtype).view(shape)
+        x0 = x0_from_eps(x_t, eps, a)
         if self.mode == "static":
             x0 = x0.clamp(-1, 1)
         else:
