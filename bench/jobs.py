@@ -144,6 +144,7 @@ class Harness:
         accumulators = [(spec.name, spec.create(self.denoiser, self._metric_context()))
                         for spec in self.metric_specs]
         accumulators = [(n, a) for n, a in accumulators if a is not None]
+        wants_labels = [accepts_labels(a.update) for _, a in accumulators]  # inspected once, not per batch
         paired = paired_metric([a for _, a in accumulators])
         writer = PairedRowsWriter(self.out_dir, self._file_stem(job), self.num_samples,
                                   in_memory=not self.processes.is_main) if paired else None
@@ -160,8 +161,8 @@ class Harness:
                 if start < self.config.grid_images:
                     share.grid.append((start, samples[: self.config.grid_images - start].detach().cpu()))
                 labels = image_labels(torch.arange(start, stop), self.classes)
-                for _, acc in accumulators:
-                    if labels is not None and accepts_labels(acc.update):
+                for (_, acc), with_labels in zip(accumulators, wants_labels):
+                    if labels is not None and with_labels:
                         acc.update(samples, labels=labels)
                     else:
                         acc.update(samples)
