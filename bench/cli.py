@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import os
 import shlex
+import signal
 import sys
 import tempfile
 import traceback
@@ -153,11 +155,30 @@ def _resumed_config(args) -> RunConfig:
     return config
 
 
+def _require_recorded_plugins(config: RunConfig, folder: Path, given: tuple[str, ...]) -> None:
+    """A UserError listing the plugin files the resumed run used that are not loaded now, and how to load them."""
+    from bench.plugins import plugin_files
+
+    def key(path: str) -> str:
+        return os.path.realpath(path)
+
+    loaded = {key(p) for p in plugin_files(given)}
+    missing = [p for p in config.plugins if key(p) not in loaded]
+    if missing:
+        raise UserError(f"--resume {folder}: the run used plugin file(s) {', '.join(missing)}, which are not loaded "
+                        "now; a resumed run never imports code named in a results folder: read them, then pass "
+                        + " ".join(f"--plugin {shlex.quote(p)}" for p in missing) + " (or set SAMPLER_BENCH_PLUGINS)")
+
+
 def cmd_run(args) -> int:
     """Run the benchmark matrix and write a results folder."""
     from bench.harness import run_benchmark, summary_table
     config = _resumed_config(args) if args.resume else RunConfig(**_given_options(args))
-    registry = _registry(args, config.plugins)
+    # Plugins come from the command line, the environment and installed packages only: a results folder
+    # someone shared must never make us import code, so --resume loads none of the files its config names.
+    registry = _registry(args)
+    if args.resume:
+        _require_recorded_plugins(config, Path(args.resume), tuple(getattr(args, "plugin", None) or ()))
     out_dir = run_benchmark(config, registry, out=args.resume or args.out, resume=bool(args.resume),
                             force=args.force, results_root=Path(args.results_root), quiet=args.quiet)
     print(summary_table(out_dir))
@@ -174,7 +195,12 @@ def cmd_report(args) -> int:
     if not is_results_folder(folder):
         raise UserError(f"{folder} is not a sampler-bench results folder (no config.json written by the tool next "
                         "to its results.csv); report writes plots and report.md/html only into folders the tool made")
-    print(build_report(folder))
+    from bench.folder import acquire_lock, release_lock
+    acquire_lock(folder)  # another process writing the folder: refused, naming it
+    try:
+        print(build_report(folder))
+    finally:
+        release_lock(folder)
     return 0
 
 
@@ -283,7 +309,12 @@ def _unavailable(name: str, exc: Exception) -> int:
 
 def bug_log_dir() -> Path:
     """Where tracebacks of unexpected errors go: $XDG_CACHE_HOME/sampler-bench/errors (~/.cache by default)."""
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    cache = os.environ.get("XDG_CACHE_HOME")
+    if not cache:
+        home = Path.home()
+        if not home.is_dir():  # never create a missing home folder just to hold a log
+            return Path(tempfile.gettempdir()) / f"sampler-bench-{os.getuid()}" / "errors"
+        cache = home / ".cache"
     return Path(cache) / "sampler-bench" / "errors"
 
 
@@ -291,7 +322,7 @@ def write_bug_log(argv: list[str]) -> Path | None:
     """Save the current exception's traceback and the command line to a new log file; None if that fails."""
     try:
         folder = bug_log_dir()
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         with tempfile.NamedTemporaryFile("w", dir=folder, prefix=f"{stamp}-", suffix=".log", delete=False) as log:
             log.write("command: " + shlex.join(["python", "-m", "bench", *argv]) + "\n\n" + traceback.format_exc())
@@ -307,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a bad option (2, already printed)
         return exc.code if isinstance(exc.code, int) else 2
+    previous = _stop_on_sigterm()
     try:
         return args.func(args)
     except UserError as exc:
@@ -317,14 +349,39 @@ def main(argv: list[str] | None = None) -> int:
         where = (f"; finished rows are in {out_dir}/results.csv (continue with --resume {out_dir})"
                  if out_dir is not None else "")
         print(f"interrupted{where}", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
     except OSError as exc:  # a file the system would not read or write (permissions, full disk, vanished folder)
+        if exc.errno in STORAGE_ERRNOS:
+            where = exc.filename or "a file being written"
+            print(f"error: {where}: {exc.strerror or exc} (free some space or write elsewhere with --out)",
+                  file=sys.stderr)
+            return 2
         if exc.filename is None:
             return _report_bug(exc, argv)
         print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # anything else is our bug: no traceback on screen, but kept for the report
         return _report_bug(exc, argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or torchrun's stop): handled as Ctrl-C is, exit code 143 (128 + 15)."""
+
+
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # a full disk, a file too large, a quota
+
+
+def _stop_on_sigterm():
+    """Turn SIGTERM into Terminated so a stopped run says where its rows are; returns the previous handler."""
+    def handler(signum, frame):
+        raise Terminated()
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (tests calling main() from a thread)
+        return None
 
 
 def _report_bug(exc: Exception, argv: list[str]) -> int:

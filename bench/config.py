@@ -16,6 +16,13 @@ DEFAULT_STEPS = (5, 10, 20, 50)  # where fast solvers differ; ddpm runs its full
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+# Allowed range of every count in a run config. The upper bounds are far above any real run and keep a
+# typo or a tampered config.json (bootstrap 1e12) from asking for terabytes.
+COUNT_BOUNDS = {"num_samples": (1, 100_000_000), "batch_size": (1, 10_000_000), "threads": (1, 4096),
+                "bootstrap": (0, 100_000), "grid_images": (0, 10_000), "trajectory_images": (0, 1_000),
+                "seed": (-(2**63), 2**63 - 1)}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that determines a run's numbers."""
@@ -41,13 +48,12 @@ class RunConfig:
 
     def __post_init__(self):
         """The counts a run is made of are checked here, whoever builds the config (CLI, --resume, code)."""
-        for name, low in (("num_samples", 1), ("batch_size", 1), ("threads", 1), ("bootstrap", 0), ("grid_images", 0),
-                          ("trajectory_images", 0), ("seed", -(2**63))):
+        for name, (low, high) in COUNT_BOUNDS.items():
             value = getattr(self, name)
             if value is None and name in ("num_samples", "batch_size", "threads"):
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value < 2**63:
-                bound = "a 64-bit integer" if name == "seed" else f"an integer >= {low}"
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                bound = "a 64-bit integer" if name == "seed" else f"an integer in [{low}, {high:,}]"
                 raise UserError(f"--{name.replace('_', '-')} must be {bound}, got {value!r}")
 
     def to_dict(self) -> dict:
@@ -87,5 +93,7 @@ def provenance(device_name: str) -> dict:
 def write_json_atomic(path: Path, data) -> None:
     """Write JSON so that a reader never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")
+    if tmp.is_symlink():  # never write through a link someone left in a results folder
+        tmp.unlink()
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     tmp.replace(path)

@@ -170,7 +170,8 @@ class JobShare:
     mem_kind: str = ""
     grid: list = field(default_factory=list)           # (first image index, images) for the sample grid
     paired: list = field(default_factory=list)         # (first image index, rows) for features/<stem>.npy
-    metric_states: list = field(default_factory=list)  # each accumulator's shard_state(), in metric order
+    metric_states: dict = field(default_factory=dict)  # each working accumulator's shard_state(), by metric name
+    metric_errors: dict = field(default_factory=dict)  # metric name -> what it raised (the others are kept)
 
 
 def shard_state(name: str, accumulator) -> dict:

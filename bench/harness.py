@@ -20,6 +20,7 @@ from bench.config import RunConfig, provenance
 from bench.device import autocast_dtype, compile_network, device_name, pick_device, warm_up_network
 from bench.distributed import init_processes
 from bench.errors import UserError
+from bench.folder import acquire_lock, refresh_lock, release_lock, subfolder
 from bench.jobs import Harness
 from bench.registry import Registry
 from bench.results import (
@@ -118,6 +119,10 @@ def run_benchmark(config: RunConfig, registry: Registry, out: str | None = None,
     All user errors are raised before anything is written.
     """
     if config.threads:
+        from bench.timing import cpu_cores
+        if config.threads > cpu_cores():
+            print(f"warning: --threads {config.threads} is more than the {cpu_cores()} usable cores; the extra threads "
+                  "wait for each other and make the timings slower and noisier", file=sys.stderr)
         torch.set_num_threads(config.threads)
     processes, device = init_processes(pick_device(config.device))
     autocast_dtype(config.precision, device)
@@ -135,7 +140,28 @@ def run_benchmark(config: RunConfig, registry: Registry, out: str | None = None,
     classes = validate_classes(config.classes, denoiser.num_classes)
     guidance = validate_guidance(config.guidance, denoiser.num_classes)
     jobs = plan_jobs(choices, steps, denoiser.schedule, guidance)
-    out_dir = processes.on_main(lambda: prepare_out_dir(out, results_root, model_name, resume, force))
+    out_dir, created = processes.on_main(lambda: _take_folder(out, results_root, model_name, resume, force))
+    try:
+        return _run_matrix(config, registry, processes, device, denoiser, model_name, num_samples, batch_size,
+                           metric_specs, jobs, classes, steps, out_dir, resume, quiet)
+    finally:
+        if processes.is_main:
+            release_lock(out_dir)
+            if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+                out_dir.rmdir()  # failed before writing anything: leave no empty folder behind
+
+
+def _take_folder(out, results_root: Path, model_name: str, resume: bool, force: bool) -> tuple[Path, bool]:
+    """The checked results folder, locked for this process (one writer per folder), and whether we created it."""
+    out_dir = prepare_out_dir(out, results_root, model_name, resume, force)
+    created = not out_dir.exists()
+    acquire_lock(out_dir)
+    return out_dir, created
+
+
+def _run_matrix(config, registry, processes, device, denoiser, model_name, num_samples, batch_size, metric_specs,
+                jobs, classes, steps, out_dir: Path, resume: bool, quiet: bool) -> Path:
+    """Everything after the folder is taken: compile and warm up, write config.json, run the jobs, the report."""
     compile_info = _compile_and_warm_up(config, denoiser, device, jobs, num_samples, batch_size)
 
     done: dict[tuple[str, int], dict] = {}
@@ -182,6 +208,7 @@ def run_benchmark(config: RunConfig, registry: Registry, out: str | None = None,
             if untrusted <= TIMING_WARNINGS_SHOWN:
                 tqdm.write(f"warning: {warning}", file=sys.stderr)
         write_csv_atomic(ordered(), csv_path)
+        refresh_lock(out_dir)
     if untrusted > TIMING_WARNINGS_SHOWN:
         print(f"warning: {untrusted - TIMING_WARNINGS_SHOWN} more configurations (of {len(todo)}) had busy or noisy "
               "timings; see the report's timing section and the busy/timing_spread columns", file=sys.stderr)
@@ -197,7 +224,7 @@ def run_benchmark(config: RunConfig, registry: Registry, out: str | None = None,
 
 def _start_folder(out_dir: Path, resume: bool, config: dict) -> None:
     """config.json, and an empty results.csv for a new run (rank 0 only)."""
-    (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+    subfolder(out_dir, "samples")
     write_run_config(out_dir, config, resume=resume)
     if not resume:
         start_results_csv(out_dir / "results.csv")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from tqdm.auto import tqdm
 from bench.config import RunConfig
 from bench.device import autocast_dtype
 from bench.distributed import JobShare, Processes, shard_state
+from bench.errors import UserError
 from bench.measure import CountingDenoiser, PeakMemory, synchronize
 from bench.noise import NoiseSource
 from bench.paired import PairedRowsWriter, save_reference
@@ -99,8 +101,8 @@ class Harness:
         rows = []
         for i in range(frames[0][0].shape[0]):
             rows += [f[0][i].cpu() for f in frames] + [f[1][i].cpu() for f in frames]
-        path = self.out_dir / "trajectories" / f"{self._file_stem(job)}.png"
-        path.parent.mkdir(exist_ok=True)
+        from bench.folder import subfolder
+        path = subfolder(self.out_dir, "trajectories") / f"{self._file_stem(job)}.png"
         save_grid(torch.stack(rows), path, nrow=len(frames))
 
     def run_job(self, job: Job, progress: tqdm | None) -> dict | None:
@@ -123,7 +125,7 @@ class Harness:
             share.error = f"{type(exc).__name__}: {exc}"
         if self.processes.world_size > 1:
             if share.error is None:
-                share.metric_states = [shard_state(name, acc) for name, acc in accumulators]
+                share.metric_states = {name: shard_state(name, acc) for name, acc in accumulators}
             if writer is not None and not self.processes.is_main:
                 share.paired = writer.pieces
         shares = self.processes.gather(share)
@@ -141,10 +143,18 @@ class Harness:
         """This process's batches: sampled, checked, scored into fresh accumulators, timed (and repeated)."""
         counter = CountingDenoiser(self.denoiser, autocast_dtype=self.autocast)
         frames, record = self._trajectory_recorder(job)
-        accumulators = [(spec.name, spec.create(self.denoiser, self._metric_context()))
-                        for spec in self.metric_specs]
-        accumulators = [(n, a) for n, a in accumulators if a is not None]
-        wants_labels = [accepts_labels(a.update) for _, a in accumulators]  # inspected once, not per batch
+        accumulators = []
+        for spec in self.metric_specs:
+            try:
+                accumulator = spec.create(self.denoiser, self._metric_context())
+            except UserError:
+                raise
+            except Exception as exc:  # a broken metric plugin is blamed by name; the other metrics go on
+                share.metric_errors[spec.name] = f"create(): {type(exc).__name__}: {exc}"
+                continue
+            if accumulator is not None:
+                accumulators.append((spec.name, accumulator))
+        wants_labels = {n: accepts_labels(a.update) for n, a in accumulators}  # inspected once, not per batch
         paired = paired_metric([a for _, a in accumulators])
         writer = PairedRowsWriter(self.out_dir, self._file_stem(job), self.num_samples,
                                   in_memory=not self.processes.is_main) if paired else None
@@ -161,11 +171,17 @@ class Harness:
                 if start < self.config.grid_images:
                     share.grid.append((start, samples[: self.config.grid_images - start].detach().cpu()))
                 labels = image_labels(torch.arange(start, stop), self.classes)
-                for (_, acc), with_labels in zip(accumulators, wants_labels):
-                    if labels is not None and with_labels:
-                        acc.update(samples, labels=labels)
-                    else:
-                        acc.update(samples)
+                for name, acc in list(accumulators):
+                    try:
+                        if labels is not None and wants_labels[name]:
+                            acc.update(samples, labels=labels)
+                        else:
+                            acc.update(samples)
+                    except Exception as exc:  # this metric is dropped from the row; the others are kept
+                        share.metric_errors[name] = f"update(): {type(exc).__name__}: {exc}"
+                        accumulators.remove((name, acc))
+                        if acc is paired:
+                            paired, writer = None, writer.abort()
                 if writer is not None:
                     writer.add(start, paired.paired_rows(samples))
                 del samples
@@ -192,9 +208,15 @@ class Harness:
         if errors:
             rank, error = errors[0]
             raise JobFailed(error if len(shares) == 1 else f"rank {rank}: {error}")
+        metric_errors = {name: error for s in reversed(shares) for name, error in s.metric_errors.items()}
+        for name, acc in list(accumulators):
+            if name in metric_errors:  # failed on another rank: it is dropped on every rank
+                accumulators.remove((name, acc))
+                if acc is paired:
+                    paired, writer = None, writer.abort()
         if len(shares) > 1:
-            for i, (_, acc) in enumerate(accumulators):
-                acc.merge_shards([s.metric_states[i] for s in shares])
+            for name, acc in accumulators:
+                acc.merge_shards([s.metric_states[name] for s in shares])
             for s in shares[1:]:
                 for start, rows in s.paired:
                     writer.add(start, rows)
@@ -214,15 +236,30 @@ class Harness:
             grid = [images for _, images in sorted((p for s in shares for p in s.grid), key=lambda p: p[0])]
             save_grid(torch.cat(grid)[: self.config.grid_images],
                       self.out_dir / "samples" / f"{self._file_stem(job)}.png")
-        for _, acc in accumulators:
-            row.update(acc.compute())
+        for name, acc in accumulators:
+            try:
+                row.update(acc.compute())
+            except UserError:
+                raise
+            except Exception as exc:
+                metric_errors[name] = f"compute(): {type(exc).__name__}: {exc}"
+                if acc is paired:
+                    paired, writer = None, writer.abort()
         if writer is not None:  # the metric's own bootstrap values, when it has them, spare the report a recomputation
             row["features_file"] = writer.close(getattr(paired, "bootstrap_values", None))
             save_reference(self.out_dir, paired.paired_column, *paired.paired_reference())
         row["status"] = "ok" if nfe == job.expected_nfe else "nfe_mismatch"
+        if metric_errors:
+            plugins = {spec.name: spec.plugin for spec in self.metric_specs}
+            blamed = "; ".join(f"metric {name!r} (plugin {plugins.get(name, '?')!r}) failed in {error}"
+                               for name, error in metric_errors.items())
+            tqdm.write(f"warning: {job.choice.label} @ {job.steps}: {blamed}", file=sys.stderr)
+        messages = [blamed + " (its columns are empty; the other metrics are kept)"] if metric_errors else []
         if nfe != job.expected_nfe:
-            row["error"] = (f"counted {nfe:g} network calls per image, the sampler declares {job.expected_nfe} "
+            messages.insert(0, f"counted {nfe:g} network calls per image, the sampler declares {job.expected_nfe} "
                             "(its nfe_per_step or nfe() is wrong, or it calls the network more than it says)")
+        if messages:
+            row["error"] = "; ".join(messages)
 
     def batches(self) -> list[tuple[int, int]]:
         """(start, stop) of every batch of images, the same whatever the number of processes."""
@@ -258,6 +295,8 @@ class Harness:
         if not isinstance(samples, torch.Tensor) or tuple(samples.shape) != shape:
             got = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
             raise ValueError(f"sampler returned shape {got}, expected {shape}")
+        if not samples.is_floating_point():
+            raise ValueError(f"sampler returned a {samples.dtype} tensor; samples must be floating point")
         if not bool(torch.isfinite(samples).all()):
             raise ValueError("sampler returned NaN or inf values")
 

@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bench.errors import UserError
+from bench.folder import feature_file, load_array, load_npz, subfolder
 from bench.frechet import resample_counts, shifted_interval, weighted_fid
 
 FEATURES_DIR = "features"
@@ -51,10 +53,18 @@ class PairedRowsWriter:
             return
         rows = rows.numpy()
         if self.rows is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            subfolder(self.folder.parent, FEATURES_DIR)
             self.rows = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32,
                                                   shape=(self.num_images, rows.shape[1]))
         self.rows[start:start + len(rows)] = rows
+
+    def abort(self) -> None:
+        """Drop the rows written so far (the metric that produced them failed)."""
+        if self.rows is not None:
+            del self.rows
+            self.rows = None
+            self.tmp.unlink(missing_ok=True)
+        self.pieces = []
 
     def close(self, bootstrap: torch.Tensor | None = None) -> str | None:
         """Flush and move the file into place; returns its path relative to the results folder.
@@ -76,8 +86,7 @@ class PairedRowsWriter:
 
 def save_reference(out_dir: Path, column: str, mu: np.ndarray, sigma: np.ndarray) -> None:
     """The statistics the paired rows are compared against (FID's reference, or the oracle's exact moments)."""
-    folder = Path(out_dir) / FEATURES_DIR
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = subfolder(out_dir, FEATURES_DIR)
     tmp = folder / "reference.tmp.npz"
     np.savez(tmp, column=np.array(column), mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
     tmp.replace(folder / REFERENCE_FILE)
@@ -93,11 +102,33 @@ class Reference:
 
 
 def load_reference(out_dir: Path) -> Reference | None:
-    path = Path(out_dir) / FEATURES_DIR / REFERENCE_FILE
+    """features/reference.npz, checked (never unpickled); None when the folder has none."""
+    path = feature_file(out_dir, f"{FEATURES_DIR}/{REFERENCE_FILE}", "reference file")
     if not path.is_file():
         return None
-    with np.load(path) as data:
-        return Reference(str(data["column"]), data["mu"], data["sigma"])
+    data = load_npz(path)
+    try:
+        column = str(data["column"])
+        mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
+    except (KeyError, ValueError, TypeError):
+        raise UserError(f"{path}: expected arrays column, mu and sigma of numbers") from None
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise UserError(f"{path}: mu must be a finite vector and sigma a finite square matrix of its size, "
+                        f"got shapes {mu.shape} and {sigma.shape}")
+    return Reference(column, mu, sigma)
+
+
+def load_rows(out_dir: Path, name, reference: Reference | None = None) -> torch.Tensor:
+    """A row's saved per-image rows (features/<stem>.npy), checked: inside features/, a numeric 2-D array,
+    finite, as wide as the reference."""
+    path = feature_file(out_dir, name)
+    rows = load_array(path)
+    if rows.ndim != 2 or not np.isfinite(rows).all():
+        raise UserError(f"{path}: expected a finite (images, features) array, got shape {rows.shape}")
+    if reference is not None and rows.shape[1] != len(reference.mu):
+        raise UserError(f"{path}: {rows.shape[1]} features per image, but features/{REFERENCE_FILE} has "
+                        f"{len(reference.mu)}")
+    return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
 
 
 def bootstrap_distances(rows: torch.Tensor, counts: torch.Tensor, reference: Reference) -> torch.Tensor:
@@ -162,7 +193,7 @@ def same_rows(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4) -> bool:
 
 def _with_rows(out_dir: Path, df: pd.DataFrame) -> pd.DataFrame:
     """The rows whose saved per-image rows are still in the folder (a user may delete features/)."""
-    present = df["features_file"].map(lambda f: isinstance(f, str) and (Path(out_dir) / f).is_file())
+    present = df["features_file"].map(lambda f: isinstance(f, str) and feature_file(out_dir, f).is_file())
     return df[present.astype(bool)]
 
 
@@ -187,10 +218,12 @@ def paired_table(out_dir: Path, df: pd.DataFrame, resamples: int = RESAMPLES, se
         if len(group) < 2:
             continue
         group = group.sort_values(reference.column)
-        rows = {_label(r): torch.from_numpy(np.load(out_dir / r["features_file"])) for _, r in group.iterrows()}
+        rows = {_label(r): load_rows(out_dir, r["features_file"], reference) for _, r in group.iterrows()}
         points = {_label(r): float(r[reference.column]) for _, r in group.iterrows()}
-        saved = {_label(r): out_dir / r["features_file"].replace(".npy", ".boot.npy") for _, r in group.iterrows()}
-        known = {label: torch.from_numpy(np.load(path)) for label, path in saved.items() if path.is_file()}
+        saved = {_label(r): feature_file(out_dir, r["features_file"].replace(".npy", ".boot.npy"))
+                 for _, r in group.iterrows()}
+        known = {label: torch.from_numpy(load_array(path).astype(np.float64)) for label, path in saved.items()
+                 if path.is_file()}
         for c in compare_rows(rows, points, reference, resamples, seed, known):
             lines.append({"nfe": nfe, "guidance": None if guidance == -1.0 else guidance, "a": c.a, "b": c.b,
                           "column": reference.column, "diff": c.diff, "paired_low": c.paired[0],
@@ -271,7 +304,7 @@ def fid_infinity_lines(out_dir: Path, df: pd.DataFrame, seed: int = 0) -> list[s
     ok = _with_rows(out_dir, df[df["status"] == "ok"])
     lines = []
     for _, row in ok.iterrows():
-        value, slope = fid_infinity(torch.from_numpy(np.load(Path(out_dir) / row["features_file"])), reference, seed)
+        value, slope = fid_infinity(load_rows(out_dir, row["features_file"], reference), reference, seed)
         lines.append(f"{_label(row)}: FID {row['fid']:.4g} at n = {int(row['num_samples'])}, "
                      f"FID∞ {value:.4g} (bias slope {slope:.4g} / n)")
     return lines
@@ -301,11 +334,11 @@ def paired_across_runs(dir_a: Path, dir_b: Path, merged: pd.DataFrame, quality: 
     low, high = f"{quality}_diff_ci_low", f"{quality}_diff_ci_high"
     merged = merged.assign(**{low: math.nan, high: math.nan})
     counts = None
-    files = files[files["features_file_a"].map(lambda f: isinstance(f, str) and (Path(dir_a) / f).is_file())
-                  & files["features_file_b"].map(lambda f: isinstance(f, str) and (Path(dir_b) / f).is_file())]
+    files = files[files["features_file_a"].map(lambda f: isinstance(f, str) and feature_file(dir_a, f).is_file())
+                  & files["features_file_b"].map(lambda f: isinstance(f, str) and feature_file(dir_b, f).is_file())]
     for _, f in files.iterrows():
-        rows_a = torch.from_numpy(np.load(Path(dir_a) / f["features_file_a"]))
-        rows_b = torch.from_numpy(np.load(Path(dir_b) / f["features_file_b"]))
+        rows_a = load_rows(dir_a, f["features_file_a"], ref_a)
+        rows_b = load_rows(dir_b, f["features_file_b"], ref_b)
         counts = resample_counts(len(rows_a), resamples, seed) if counts is None else counts
         at = (merged["sampler"] == f["sampler"]) & (merged["steps"] == f["steps"])
         diff = float(merged.loc[at, f"{quality}_diff_b_minus_a"].iloc[0])

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import UserError
+from bench.folder import refuse_links, subfolder
 
 QUALITY_COLUMNS = (("fid", "FID"), ("oracle_fd", "Fréchet distance to the exact distribution"))
 TABLE_COLUMNS = ["sampler", "steps", "nfe", "wall_s", "s_per_image", "ms_per_nfe", "overhead_frac", "peak_mem_mb",
@@ -50,6 +51,66 @@ def read_results_csv(path: Path) -> pd.DataFrame:
     guidance = df["guidance"] if "guidance" in df.columns else pd.Series(dtype=float)
     if (pd.to_numeric(guidance, errors="coerce").isna() & guidance.notna()).any():
         raise UserError(f"{path}: the guidance column holds values that are not numbers")
+    return check_row_values(df, path)
+
+
+# results.csv columns that hold numbers; of those, the ones that can never be negative, and the ones
+# every ok row must have. A file shared by someone else is checked against these before any use.
+NUMERIC_COLUMNS = ("steps", "guidance", "cfg_scale", "nfe", "rows_evaluated", "expected_nfe", "num_samples",
+                   "batch_size", "wall_s", "s_per_image", "images_per_s", "ms_per_nfe", "net_s", "net_ms_per_call",
+                   "overhead_frac", "peak_mem_mb", "fid", "fid_ci_low", "fid_ci_high", "fid_floor", "kid", "kid_std",
+                   "prc_precision", "prc_recall", "cond_acc", "oracle_fd", "mean_err", "var_err", "wall_s_steps",
+                   "timing_spread", "step_spread", "world_size", "seed")
+NON_NEGATIVE_COLUMNS = ("steps", "nfe", "rows_evaluated", "expected_nfe", "num_samples", "batch_size", "wall_s",
+                        "s_per_image", "images_per_s", "ms_per_nfe", "net_s", "net_ms_per_call", "peak_mem_mb", "fid",
+                        "fid_ci_low", "fid_ci_high", "fid_floor", "kid_std", "prc_precision", "prc_recall",
+                        "cond_acc", "oracle_fd", "mean_err", "var_err", "wall_s_steps", "world_size")
+REQUIRED_OK_COLUMNS = ("nfe", "wall_s")
+INVALID = "invalid"  # the status of a row whose values cannot be true; left out of every comparison
+
+
+def check_row_values(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Numbers where numbers belong, or a UserError naming the file and column; an ok row with an impossible
+    value (NaN where required, infinite, negative where it cannot be) becomes status `invalid` with a warning,
+    so it is never the best, on a frontier or in a pair. A repeated (sampler, steps, guidance) keeps the last."""
+    df = df.copy()
+    for column in NUMERIC_COLUMNS:
+        if column not in df.columns:
+            continue
+        values = pd.to_numeric(df[column].map(lambda v: v.strip() if isinstance(v, str) else v), errors="coerce")
+        bad = values.isna() & df[column].notna() & ~df[column].map(lambda v: str(v).strip().lower() == "nan")
+        if bad.any():
+            shown = df.loc[bad, column].iloc[0]
+            raise UserError(f"{path}: column {column} holds {shown!r}, which is not a number")
+        df[column] = values
+    ok = df["status"] == "ok"
+    problems = pd.Series("", index=df.index)
+    for column in NUMERIC_COLUMNS:
+        if column not in df.columns:
+            continue
+        values = df[column]
+        reason = pd.Series("", index=df.index)
+        reason[values.isin([math.inf, -math.inf])] = f"{column} is infinite"
+        if column in NON_NEGATIVE_COLUMNS:
+            reason[values < 0] = f"{column} is negative"
+        if column in REQUIRED_OK_COLUMNS:
+            reason[values.isna()] = f"{column} is missing or NaN"
+        problems = problems.where(problems != "", reason)
+    flagged = ok & (problems != "")
+    if flagged.any():
+        df["error"] = (df["error"] if "error" in df.columns else pd.Series(None, index=df.index)).astype(object)
+    for index in df.index[flagged]:
+        print(f"warning: {path}: row {df.at[index, 'sampler']!r} @ {df.at[index, 'steps']}: {problems[index]}; "
+              "the row is marked invalid and left out of the comparisons", file=sys.stderr)
+        df.at[index, "status"] = INVALID
+        df.at[index, "error"] = f"{path.name}: {problems[index]}"
+    key = [c for c in ("sampler", "steps", "guidance") if c in df.columns]
+    repeated = df.duplicated(key, keep="last")
+    if repeated.any():
+        first = df[repeated].iloc[0]
+        print(f"warning: {path}: {int(repeated.sum())} repeated row(s) (e.g. {first['sampler']!r} @ {first['steps']}); "
+              "the last of each is used", file=sys.stderr)
+        df = df[~repeated].reset_index(drop=True)
     return df
 
 
@@ -62,7 +123,22 @@ def read_config(path: Path) -> dict:
         raise UserError(f"{path} is not valid JSON ({exc}); is it a sampler-bench config.json?") from None
     if not isinstance(config, dict) or not isinstance(config.get("config", {}), dict):
         raise UserError(f"{path} does not hold a run config (expected a JSON object with a 'config' object)")
+    check_config_values(config, path)
     return config
+
+
+def check_config_values(config: dict, path: Path) -> None:
+    """The counts a report reads from config.json are integers in range, or a UserError naming the key."""
+    from bench.config import COUNT_BOUNDS
+
+    places = [(f"config.{k}", config["config"].get(k), k) for k in COUNT_BOUNDS if k in config.get("config", {})]
+    places += [(k, config.get(k), k) for k in ("num_samples", "batch_size") if k in config]
+    for key, value, bound in places:
+        low, high = COUNT_BOUNDS[bound]
+        if value is None and bound in ("num_samples", "batch_size", "threads") and key.startswith("config."):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise UserError(f"{path}: {key} must be an integer in [{low}, {high:,}], got {value!r}")
 
 
 def load_results(out_dir: Path) -> tuple[pd.DataFrame, dict]:
@@ -157,8 +233,7 @@ def _plots(df: pd.DataFrame, quality: str | None, label: str, out_dir: Path) -> 
     sns.set_theme(style="whitegrid")
     made = []
     ok = df[df["status"] == "ok"]
-    plot_dir = out_dir / "plots"
-    plot_dir.mkdir(exist_ok=True)
+    plot_dir = subfolder(out_dir, "plots")
     if quality and not ok.empty:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         sns.lineplot(data=ok, x="nfe", y=quality, hue="sampler", marker="o", ax=ax)
@@ -254,7 +329,7 @@ def guidance_plots(df: pd.DataFrame, out_dir: Path) -> list[str]:
         ax.legend(fontsize=7)
     fig.suptitle("Quality and class fidelity against classifier-free guidance")
     fig.tight_layout()
-    (out_dir / "plots").mkdir(exist_ok=True)
+    subfolder(out_dir, "plots")
     fig.savefig(out_dir / "plots" / "quality_vs_guidance.png", dpi=120)
     plt.close(fig)
     return ["plots/quality_vs_guidance.png"]
@@ -344,14 +419,35 @@ def budget_sentences(df: pd.DataFrame, quality: str | None, label: str) -> list[
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
+    if tmp.is_symlink():  # never write through a link someone left in a results folder
+        tmp.unlink()
     tmp.write_text(text)
     tmp.replace(path)
 
 
+def md_escape(text) -> str:
+    """Text for report.md: HTML in names is shown, never rendered (markdown passes raw HTML through)."""
+    return html.escape(str(text), quote=False)
+
+
+def link(path: str) -> str:
+    """A relative file path as a URL (spaces, quotes and brackets in a file name cannot break out of it)."""
+    from urllib.parse import quote
+    return quote(path, safe="/-._")
+
+
 def build_report(out_dir: Path) -> Path:
-    """Write plots/, report.md and report.html in `out_dir` from its results.csv and config.json."""
+    """Write plots/, report.md and report.html in `out_dir` from its results.csv and config.json.
+
+    Everything the folder holds is read and checked before anything is written: a folder with a bad
+    value, a pickled array or a symbolic link where the tool writes is refused with plots/ untouched.
+    """
     out_dir = Path(out_dir)
     df, config = load_results(out_dir)
+    refuse_links(out_dir)
+    from bench.paired import fid_infinity_lines, paired_report
+    paired = paired_report(out_dir, df, config)  # reads (and checks) every saved array first; writes paired.csv
+    infinity = fid_infinity_lines(out_dir, df)
     quality, label = quality_column(df)
     plots = _plots(df, quality, label, out_dir) + guidance_plots(df, out_dir)
     sentences = budget_sentences(df, quality, label) + guidance_sentences(df)
@@ -361,56 +457,60 @@ def build_report(out_dir: Path) -> Path:
               f"seed {config.get('config', {}).get('seed', '?')}, device {config.get('device_name', '?')}, "
               f"commit {config.get('git_commit', '?')}")
     samples = sorted(p.relative_to(out_dir).as_posix() for p in (out_dir / "samples").glob("*.png"))
-
-    md = [f"# sampler-bench report: {out_dir.name}", "", header, "", "## Which sampler at which budget", ""]
-    md += [f"- {s}" for s in sentences]
     warnings = timing_warnings(df)
+
+    md = [f"# sampler-bench report: {md_escape(out_dir.name)}", "", md_escape(header), "",
+          "## Which sampler at which budget", ""]
+    md += [f"- {md_escape(s)}" for s in sentences]
     if warnings:
         md += ["", "## Timing warnings", "", "Wall times below were measured while the machine was busy or varied "
                "widely between batches; compare them with care (medians over batches, spread in the table).", ""]
-        md += [f"- {w}" for w in warnings]
-    from bench.paired import paired_report
-    paired = paired_report(out_dir, df, config)
+        md += [f"- {md_escape(w)}" for w in warnings]
     if paired:
-        md += ["", "## Paired comparisons at equal NFE", "", paired[0], ""] + [f"- {s}" for s in paired[2:]]
-    from bench.paired import fid_infinity_lines
-    infinity = fid_infinity_lines(out_dir, df)
+        md += ["", "## Paired comparisons at equal NFE", "", md_escape(paired[0]), ""]
+        md += [f"- {md_escape(s)}" for s in paired[2:]]
     if infinity:
         md += ["", "## FID at infinitely many images", "", "FID is biased upwards by about c / n; FID∞ fits FID = "
                "FID∞ + c / n on nested subsets of the images and extrapolates (Chong & Forsyth 2020), so runs "
-               "with different numbers of images compare.", ""] + [f"- {s}" for s in infinity]
-    md += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+               "with different numbers of images compare.", ""] + [f"- {md_escape(s)}" for s in infinity]
+    md += ["", "## Plots", ""] + [f"![{md_escape(p)}]({link(p)})" for p in plots]
     md += ["", "## Results", "", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    md += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    md += ["| " + " | ".join(md_escape(_fmt(v)).replace("|", "\\|") for v in row) + " |"
+           for row in table.itertuples(index=False)]
     if not failed.empty:
         md += ["", "## Failed configurations (and NFE mismatches)", ""]
-        md += [f"- {r['sampler']} @ {r['steps']}: {r['status']}: {r.get('error', '')}" for _, r in failed.iterrows()]
-    md += ["", "## Sample grids (same seeds for every sampler)", ""] + [f"![{p}]({p})" for p in samples]
+        md += [md_escape(f"- {r['sampler']} @ {r['steps']}: {r['status']}: {r.get('error', '')}")
+               for _, r in failed.iterrows()]
+    md += ["", "## Sample grids (same seeds for every sampler)", ""]
+    md += [f"![{md_escape(p)}]({link(p)})" for p in samples]
     _write_atomic(out_dir / "report.md", "\n".join(md) + "\n")
 
+    esc = html.escape
+
     def bold(text: str) -> str:
-        parts = html.escape(text).split("**")
+        parts = esc(text).split("**")
         return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
 
-    body = [f"<h1>sampler-bench report: {html.escape(out_dir.name)}</h1>", f"<p>{bold(header)}</p>",
+    body = [f"<h1>sampler-bench report: {esc(out_dir.name)}</h1>", f"<p>{bold(header)}</p>",
             "<h2>Which sampler at which budget</h2><ul>"] + [f"<li>{bold(s)}</li>" for s in sentences] + ["</ul>"]
     if warnings:
-        body += ["<h2>Timing warnings</h2><ul>"] + [f"<li>{html.escape(w)}</li>" for w in warnings] + ["</ul>"]
+        body += ["<h2>Timing warnings</h2><ul>"] + [f"<li>{esc(w)}</li>" for w in warnings] + ["</ul>"]
     if paired:
-        body += ["<h2>Paired comparisons at equal NFE</h2>", f"<p>{html.escape(paired[0])}</p><ul>"]
+        body += ["<h2>Paired comparisons at equal NFE</h2>", f"<p>{esc(paired[0])}</p><ul>"]
         body += [f"<li>{bold(s)}</li>" for s in paired[2:]] + ["</ul>"]
     if infinity:
-        body += ["<h2>FID at infinitely many images</h2><ul>"] + [f"<li>{html.escape(s)}</li>" for s in infinity]
+        body += ["<h2>FID at infinitely many images</h2><ul>"] + [f"<li>{esc(s)}</li>" for s in infinity]
         body += ["</ul>"]
-    body += ["<h2>Plots</h2>"] + [f'<img src="{p}" style="max-width:48%">' for p in plots]
-    body += ["<h2>Results</h2>", table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}")]
+    body += ["<h2>Plots</h2>"] + [f'<img src="{esc(link(p))}" alt="{esc(p)}" style="max-width:48%">' for p in plots]
+    body += ["<h2>Results</h2>", table.to_html(index=False, na_rep="", escape=True,
+                                               float_format=lambda v: f"{v:.4g}")]
     if not failed.empty:
         body += ["<h2>Failed configurations (and NFE mismatches)</h2><ul>"]
-        body += [f"<li>{html.escape(str(r['sampler']))} @ {r['steps']}: {html.escape(str(r.get('error', '')))}</li>"
-                 for _, r in failed.iterrows()] + ["</ul>"]
+        body += [f"<li>{esc(str(r['sampler']))} @ {esc(str(r['steps']))}: {esc(str(r['status']))}: "
+                 f"{esc(str(r.get('error', '')))}</li>" for _, r in failed.iterrows()] + ["</ul>"]
     body += ["<h2>Sample grids (same seeds for every sampler)</h2>"]
-    body += [f'<figure style="display:inline-block"><img src="{p}" width="200"><figcaption>{html.escape(p)}'
-             "</figcaption></figure>" for p in samples]
+    body += [f'<figure style="display:inline-block"><img src="{esc(link(p))}" alt="{esc(p)}" width="200">'
+             f"<figcaption>{esc(p)}</figcaption></figure>" for p in samples]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>sampler-bench report</title>"
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px}"
             "td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>" + "\n".join(body) + "</body></html>")

@@ -13,6 +13,7 @@ import torch
 
 from bench.config import write_json_atomic
 from bench.errors import UserError
+from bench.folder import LOCK_NAME, refuse_if_locked, refuse_links
 from bench.timing import TIMING_COLUMNS as MEASURED_TIMING_COLUMNS
 
 
@@ -23,6 +24,8 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
     if images.shape[-1] < 32:  # tiny images (8x8 digits) are enlarged so a person can see them
         images = torch.nn.functional.interpolate(images, scale_factor=math.ceil(32 / images.shape[-1]), mode="nearest")
     tmp = path.with_name(path.stem + ".tmp.png")
+    if tmp.is_symlink():
+        tmp.unlink()
     save_image(images, tmp, nrow=nrow, padding=2, pad_value=1.0)
     tmp.replace(path)
 
@@ -33,6 +36,8 @@ def slug(label: str) -> str:
 
 def write_csv_atomic(rows: list[dict], path: Path, columns=None) -> None:
     tmp = path.with_name(path.name + ".tmp")
+    if tmp.is_symlink():  # never write through a link someone left in a results folder
+        tmp.unlink()
     pd.DataFrame(rows, columns=columns).to_csv(tmp, index=False)
     tmp.replace(path)
 
@@ -101,6 +106,8 @@ def _foreign_entries(folder: Path) -> list[str]:
     """What a results folder holds that the tool did not write (links count as foreign)."""
     foreign = []
     for entry in sorted(folder.iterdir()):
+        if entry.name == LOCK_NAME and not entry.is_symlink():
+            continue
         if entry.is_symlink():
             foreign.append(entry.name)
         elif entry.is_file() and (entry.name in TOOL_FILES or entry.name.endswith(".tmp")):
@@ -151,12 +158,15 @@ def prepare_out_dir(out: str | None, results_root: Path, model_name: str, resume
     working folder, the home folder, / or a parent of one of them.
     """
     out_dir = Path(out) if out else results_root / default_run_id(model_name)
+    if out_dir.is_dir():
+        refuse_if_locked(out_dir)  # another process is writing it: name that process, touch nothing
+        refuse_links(out_dir)
     if resume:
         if not (out_dir / "results.csv").is_file():
             raise UserError(f"--resume {out_dir}: no results.csv there to resume from")
         return out_dir
     _check_creatable(out_dir)
-    if not out_dir.exists() or not any(out_dir.iterdir()):
+    if not out_dir.exists() or not any(e.name != LOCK_NAME for e in out_dir.iterdir()):
         return out_dir
     if force and _protected(out_dir):
         raise UserError(f"--force refuses to delete {out_dir}: {_protected(out_dir)}")

@@ -57,6 +57,8 @@ def parse_params(text: str) -> dict[str, str]:
             last = name.strip()
             if not last:
                 raise UserError(f"bad sampler parameter {piece!r}: expected name=value")
+            if last in params:
+                raise UserError(f"sampler parameter {last!r} is given twice in {text!r}; give each parameter once")
             params[last] = value.strip()
         elif last is not None and piece.strip():
             params[last] += "," + piece.strip()

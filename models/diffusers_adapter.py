@@ -48,14 +48,27 @@ def read_scheduler_config(folder: Path, unet_dir: Path) -> dict[str, Any]:
         path = candidate / "scheduler_config.json"
         if path.is_file():
             try:
-                return json.loads(path.read_text())
+                config = json.loads(path.read_text())
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise UserError(f"scheduler config {str(path)!r} is not valid JSON: {exc}") from None
+            if not isinstance(config, dict):
+                raise UserError(f"scheduler config {str(path)!r} is not a JSON object")
+            return {**config, "_path": str(path)}
     raise UserError(f"no scheduler_config.json in {str(folder)!r} or its scheduler/ subfolder; it gives the betas")
 
 
 def schedule_from_config(config: dict[str, Any], source: Path) -> NoiseSchedule:
     """Our NoiseSchedule from a diffusers scheduler config (trained_betas win over beta_schedule)."""
+    source = Path(config.get("_path", source))
+    checks = {"num_train_timesteps": lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 100_000,
+              "beta_start": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
+              "beta_end": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
+              "trained_betas": lambda v: v is None or (isinstance(v, list) and len(v) > 0 and all(
+                  isinstance(b, (int, float)) and not isinstance(b, bool) and 0 < b < 1 for b in v)),
+              "beta_schedule": lambda v: isinstance(v, str), "prediction_type": lambda v: isinstance(v, str)}
+    for key, ok in checks.items():
+        if key in config and not ok(config[key]):
+            raise UserError(f"scheduler config {str(source)!r}: {key} = {config[key]!r} is not valid")
     if config.get("trained_betas") is not None:
         return NoiseSchedule(torch.tensor(config["trained_betas"], dtype=torch.float64))
     kind = config.get("beta_schedule", "linear")

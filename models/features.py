@@ -22,6 +22,7 @@ import functools
 import hashlib
 import json
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -282,8 +283,17 @@ def create_inception_extractor(weights: str | Path, device: str = "cpu") -> Feat
     if not Path(weights).is_file():
         raise UserError(f"Inception-v3 weights file {str(weights)!r} not found. On a machine with internet, "
                         f"download {INCEPTION_URL} and pass its local path with --fid-weights")
-    extractor = torch_fidelity.utils.create_feature_extractor(
-        INCEPTION_NAME, ["2048"], cuda=False, verbose=False, feature_extractor_weights_path=str(weights))
+    from models.weights import load_state
+
+    # torch-fidelity unpickles its weights file with weights_only=False, which runs any code a pickle holds.
+    # So the user's file is read here the safe way (safetensors, or torch.load(weights_only=True), which
+    # refuses code), and torch-fidelity is handed a copy holding nothing but those tensors.
+    state = load_state(weights)
+    with tempfile.TemporaryDirectory(prefix="sampler-bench-inception-") as folder:
+        plain = Path(folder) / "inception-v3.pt"
+        torch.save(state, plain)
+        extractor = torch_fidelity.utils.create_feature_extractor(
+            INCEPTION_NAME, ["2048"], cuda=False, verbose=False, feature_extractor_weights_path=str(plain))
     return extractor.to(device)
 
 

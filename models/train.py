@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import os
 import shlex
@@ -54,6 +55,7 @@ class TrainPreset:
     checkpoint_every: int = 2_000
     notes: str = ""
     prediction_type: str = "eps"  # what the network is trained to output: eps, or v (Salimans & Ho 2022)
+    timestep_sampling: str = "uniform"  # how training t is drawn: uniform in 0..T-1, or "logit-normal" (SD3, below)
 
 
 _CPU_NOTE = "trained on CPU, reduced configuration (no GPU was available); a GPU run of more steps will do better"
@@ -97,6 +99,52 @@ PRESETS: dict[str, TrainPreset] = {p.name: p for p in (
 
 
 # --------------------------------------------------------------------------- small pieces
+
+# Preset fields `train --set KEY=VALUE` may override (the pilot runs of a recipe search); `net.KEY`
+# overrides a field of the network config. Everything else is fixed by the preset.
+SETTABLE = {"warmup_steps": int, "weight_decay": float, "ema_decay": float, "label_dropout": float,
+            "grad_clip": float, "checkpoint_every": int, "prediction_type": str, "timestep_sampling": str}
+NET_SETTABLE = {"base_channels": int, "num_res_blocks": int, "dropout": float, "channel_mults": "ints",
+                "attention_heads": int}
+PREDICTION_TYPES = ("eps", "x0", "v")
+TIMESTEP_SAMPLINGS = ("uniform", "logit-normal")
+
+
+def apply_overrides(preset: TrainPreset, items: list[str]) -> TrainPreset:
+    """The preset with `KEY=VALUE` overrides applied (a UserError names a bad key or value)."""
+    fields: dict[str, Any] = {}
+    network = dict(preset.network)
+    seen: set[str] = set()
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not raw:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set ema_decay=0.9995")
+        target, name = (network, key[4:]) if key.startswith("net.") else (fields, key)
+        kinds = NET_SETTABLE if target is network else SETTABLE
+        if name not in kinds:
+            raise UserError(f"--set {key}: not a settable key; expected one of "
+                            f"{', '.join([*SETTABLE, *('net.' + k for k in NET_SETTABLE)])}")
+        if key in seen:
+            raise UserError(f"--set {key} given twice")
+        seen.add(key)
+        kind = kinds[name]
+        try:
+            value = tuple(int(v) for v in raw.split(",")) if kind == "ints" else kind(raw)
+        except ValueError:
+            expected = "comma-separated integers" if kind == "ints" else kind.__name__
+            raise UserError(f"--set {key}={raw!r}: expected {expected}") from None
+        if isinstance(value, float) and not math.isfinite(value) or isinstance(value, (int, float)) and value < 0:
+            raise UserError(f"--set {key}={raw!r}: expected a finite number >= 0")
+        target[name] = value
+    if fields.get("prediction_type", preset.prediction_type) not in PREDICTION_TYPES:
+        raise UserError(f"--set prediction_type: expected one of {', '.join(PREDICTION_TYPES)}")
+    if fields.get("timestep_sampling", preset.timestep_sampling) not in TIMESTEP_SAMPLINGS:
+        raise UserError(f"--set timestep_sampling: expected one of {', '.join(TIMESTEP_SAMPLINGS)}")
+    if not 0 <= fields.get("ema_decay", preset.ema_decay) < 1:
+        raise UserError("--set ema_decay: expected a number in [0, 1)")
+    network_config(preset.architecture, network)  # unknown or inconsistent network fields fail here
+    return dataclasses.replace(preset, network=network, **fields)
+
 
 
 def default_out(preset: TrainPreset) -> Path:
@@ -167,10 +215,11 @@ class TrainState:
     recent_losses: list[float] = field(default_factory=list)
 
 
-def save_checkpoint(state: TrainState, path: Path, preset_name: str) -> None:
+def save_checkpoint(state: TrainState, path: Path, preset_name: str, overrides: tuple[str, ...] = ()) -> None:
     """Write a resumable checkpoint atomically (tmp file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"preset": preset_name, "step": state.step, "wall_time_s": state.wall_time_s,
+    payload = {"preset": preset_name, "overrides": list(overrides), "step": state.step,
+               "wall_time_s": state.wall_time_s,
                "model": state.model.state_dict(), "ema": state.ema.state_dict(),
                "optimizer": state.optimizer.state_dict(), "generator": state.generator.get_state(),
                "torch_rng": torch.get_rng_state(), "recent_losses": torch.tensor(state.recent_losses),
@@ -180,7 +229,7 @@ def save_checkpoint(state: TrainState, path: Path, preset_name: str) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(state: TrainState, path: Path, preset_name: str) -> None:
+def load_checkpoint(state: TrainState, path: Path, preset_name: str, overrides: tuple[str, ...] = ()) -> None:
     """Restore `state` from a checkpoint written by save_checkpoint (tensors only, no code)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -190,6 +239,9 @@ def load_checkpoint(state: TrainState, path: Path, preset_name: str) -> None:
         raise UserError(f"cannot read checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from None
     if payload.get("preset") != preset_name:
         raise UserError(f"checkpoint {str(path)!r} is for preset {payload.get('preset')!r}, not {preset_name!r}")
+    if list(payload.get("overrides", [])) != list(overrides):
+        raise UserError(f"checkpoint {str(path)!r} was trained with --set {payload.get('overrides', [])}, not "
+                        f"{list(overrides)}; resume with the same --set options")
     state.model.load_state_dict(payload["model"])
     state.ema.load_state_dict(payload["ema"])
     state.optimizer.load_state_dict(payload["optimizer"])
@@ -220,6 +272,7 @@ class RunConfig:
     data_dir: str | None
     compile: bool = False                # torch.compile the training forward pass
     time_limit_s: float | None = None    # checkpoint and stop cleanly before this much wall time
+    overrides: tuple[str, ...] = ()      # the --set KEY=VALUE items applied to the preset
 
 
 def training_target(x0: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor,
@@ -241,6 +294,15 @@ def training_target(x0: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tens
     raise UserError(f"unknown prediction type {prediction_type!r}; expected one of eps, x0, v")
 
 
+def sample_train_timesteps(kind: str, num_timesteps: int, batch: int, gen: torch.Generator) -> torch.Tensor:
+    """Training timesteps: uniform in 0..T-1, or logit-normal (Esser et al. 2024, SD3: t/T = sigmoid(u),
+    u ~ N(0, 1), which puts more of the batch at middle noise levels and fewer at the ends)."""
+    if kind == "uniform":
+        return torch.randint(num_timesteps, (batch,), generator=gen, device=gen.device)
+    u = torch.randn(batch, generator=gen, device=gen.device)
+    return (torch.sigmoid(u) * num_timesteps).long().clamp_(0, num_timesteps - 1)
+
+
 def training_step(state: TrainState, run: RunConfig, schedule: NoiseSchedule, images: torch.Tensor,
                   labels: torch.Tensor, time_kind: str, forward: nn.Module | None = None) -> torch.Tensor:
     """One optimizer step on a random batch; returns the loss as a detached tensor (no host sync).
@@ -252,7 +314,7 @@ def training_step(state: TrainState, run: RunConfig, schedule: NoiseSchedule, im
     preset, gen = run.preset, state.generator
     device = gen.device
     index = torch.randint(images.shape[0], (run.batch_size,), generator=gen, device=device)
-    t = torch.randint(schedule.num_timesteps, (run.batch_size,), generator=gen, device=device)
+    t = sample_train_timesteps(preset.timestep_sampling, schedule.num_timesteps, run.batch_size, gen)
     eps = torch.randn((run.batch_size, *images.shape[1:]), generator=gen, device=device)
     cond = None
     if preset.conditional:
@@ -289,6 +351,8 @@ def command_line(run: RunConfig) -> str:
     """The command that reproduces this run from scratch."""
     parts = ["python", "-m", "bench", "train", "--preset", run.preset.name, "--steps", str(run.steps),
              "--batch-size", str(run.batch_size), "--lr", str(run.lr), "--seed", str(run.seed)]
+    for item in run.overrides:
+        parts += ["--set", item]
     if run.out != default_out(run.preset):
         parts += ["--out", str(run.out)]
     return shlex.join(parts)
@@ -313,7 +377,9 @@ def write_weights(state: TrainState, run: RunConfig, schedule_config: ScheduleCo
         training={"batch_size": run.batch_size, "lr": run.lr, "warmup_steps": preset.warmup_steps,
                   "lr_decay": "cosine", "optimizer": "AdamW", "weight_decay": preset.weight_decay,
                   "ema_decay": preset.ema_decay, "label_dropout": preset.label_dropout if preset.conditional else 0.0,
-                  "grad_clip": preset.grad_clip, "seed": run.seed, "bf16_autocast": run.device.type == "cuda",
+                  "grad_clip": preset.grad_clip, "timestep_sampling": preset.timestep_sampling,
+                  "overrides": list(run.overrides), "threads": torch.get_num_threads(), "seed": run.seed,
+                  "bf16_autocast": run.device.type == "cuda",
                   "saved_weights": "EMA"},
         notes=preset.notes if run.device.type == "cpu" else "")
     return save_weights(state.ema, run.out, card)
@@ -331,7 +397,7 @@ def train(run: RunConfig, resume: Path | None = None) -> Path:
     time_kind = time_input_kind(preset.architecture)
     state = make_state(run)
     if resume is not None:
-        load_checkpoint(state, resume, preset.name)
+        load_checkpoint(state, resume, preset.name, run.overrides)
     state.model.train()
     forward = torch.compile(state.model) if run.compile else state.model
     bar = tqdm(total=run.steps, initial=state.step, desc=f"train {preset.name}", mininterval=5, dynamic_ncols=True)
@@ -348,7 +414,7 @@ def train(run: RunConfig, resume: Path | None = None) -> Path:
     def save() -> None:
         read_losses()
         state.wall_time_s = time.perf_counter() - started
-        save_checkpoint(state, run.checkpoint, preset.name)
+        save_checkpoint(state, run.checkpoint, preset.name, run.overrides)
         write_weights(state, run, schedule_config, images)
 
     first_step = state.step
@@ -408,7 +474,8 @@ def sample_grid(denoiser, path: str | Path, num_images: int = 64, seed: int = 0,
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     """Apply the command-line overrides to the named preset."""
-    preset = get_preset(args.preset)
+    overrides = tuple(getattr(args, "set", None) or ())
+    preset = apply_overrides(get_preset(args.preset), list(overrides))
     out = Path(args.out) if args.out else default_out(preset)
     checkpoint = Path(args.checkpoint) if args.checkpoint else CHECKPOINT_DIR / f"{out.stem}.ckpt.pt"
     for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size)):
@@ -426,7 +493,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         raise UserError(f"--time-limit must be a positive number of minutes, got {args.time_limit}")
     return RunConfig(preset, args.steps or preset.steps, args.batch_size or preset.batch_size, args.lr or preset.lr,
                      args.seed, resolve_device(args.device), out, checkpoint, args.data_dir, bool(args.compile),
-                     None if args.time_limit is None else 60.0 * args.time_limit)
+                     None if args.time_limit is None else 60.0 * args.time_limit, overrides)
 
 
 def _checkpoint_step(path: Path) -> int | None:
@@ -494,6 +561,9 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                         help="write a checkpoint and exit cleanly before this many minutes (continue with --resume), "
                         "as under a cluster's wall-clock limit per job")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a preset field for a pilot run (repeatable): " + ", ".join(SETTABLE)
+                        + ", or a network field net." + ", net.".join(NET_SETTABLE))
     parser.set_defaults(func=run_train)
     return parser
 

@@ -8,6 +8,7 @@ only with `torch.load(weights_only=True)`, which refuses any pickle that would r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +26,10 @@ WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 PICKLE_SUFFIXES = (".pt", ".pth")
 REQUIRED_CARD_FIELDS = ("architecture", "network_config", "dataset", "image_shape", "num_classes", "schedule",
                         "prediction_type", "time_input")
+# What else a card may hold: provenance written by `bench train`, quality measured afterwards, the noise path.
+OPTIONAL_CARD_FIELDS = ("card_version", "name", "description", "preset", "steps_trained", "final_loss",
+                        "wall_time_s", "device", "torch_version", "command", "training", "notes", "sample_fid",
+                        "cond_acc", "quality", "path", "shift", "pilots")
 
 
 def card_path(weights_path: str | Path) -> Path:
@@ -77,6 +82,11 @@ def read_card(weights_path: str | Path) -> dict[str, Any]:
     if card["prediction_type"] not in PREDICTION_TYPES or card["time_input"] not in TIME_INPUTS:
         raise UserError(f"model card {str(path)!r}: prediction_type must be one of {PREDICTION_TYPES} and "
                         f"time_input one of {TIME_INPUTS}")
+    unknown = sorted(set(card) - set(REQUIRED_CARD_FIELDS) - set(OPTIONAL_CARD_FIELDS))
+    if unknown:
+        raise UserError(f"model card {str(path)!r}: unknown key {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)"
+                        if len(unknown) > 1 else "") + f"; a card holds {', '.join(REQUIRED_CARD_FIELDS)} and "
+                        f"optionally {', '.join(OPTIONAL_CARD_FIELDS)}")
     _check_card_values(card, path)
     return card
 
@@ -162,9 +172,14 @@ def load_denoiser(path: str | Path, device: torch.device | str = "cpu") -> Denoi
         raise UserError(f"weight file {str(path)!r} does not exist")
     card = read_card(path)
     network = build_from_card(card, load_state(path), path)
+    known = {f.name for f in dataclasses.fields(ScheduleConfig)}
+    unknown = sorted(set(card["schedule"]) - known)
+    if unknown:
+        raise UserError(f"model card {str(card_path(path))!r}: unknown schedule key {unknown[0]!r}; expected some of "
+                        f"{', '.join(sorted(known))}")
     try:
         schedule = NoiseSchedule.from_config(ScheduleConfig(**card["schedule"]))
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise UserError(f"model card {str(card_path(path))!r}: bad schedule {card['schedule']!r} ({exc})") from None
     info = DenoiserInfo(name=str(card.get("name", path.stem)), image_shape=tuple(card["image_shape"]),
                         num_classes=int(card["num_classes"]), prediction_type=card["prediction_type"],

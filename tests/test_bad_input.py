@@ -223,7 +223,7 @@ CASES = [
      ["config.json", "warp"]),
     ("resume-config-zero-samples", results_with(config=json.dumps(
         {"tool": TOOL, "config": {**RECORDED.to_dict(), "num_samples": 0}}).encode()),
-     ["run", "--resume", "r"], 2, ["config.json", "--num-samples", ">= 1", "got 0"]),
+     ["run", "--resume", "r"], 2, ["config.json", "num_samples", "got 0"]),
     ("resume-other-steps", lambda: results_folder("r"), ["run", "--resume", "r", "--steps", "5", "--quiet"], 2,
      ["--steps 5", "differs", "2"]),
     ("resume-other-samplers", lambda: results_folder("r"), ["run", "--resume", "r", "--samplers", "ddpm"], 2,
@@ -398,7 +398,7 @@ def test_an_interrupt_before_the_first_row_leaves_a_resumable_folder(sandbox, ca
     assert "--resume r" in err and "Traceback" not in err
     assert is_results_folder(Path("r")) and pd.read_csv("r/results.csv").empty
     Path("interrupt-now").unlink()
-    assert main(["run", "--resume", "r", "--quiet"]) == 0
+    assert main(["run", "--resume", "r", "--plugin", "interrupter.py", "--quiet"]) == 0
     assert list(pd.read_csv("r/results.csv")["status"]) == ["ok"]
 
 
@@ -498,7 +498,8 @@ def test_a_file_the_system_refuses_is_a_one_line_error_naming_it(sandbox, capsys
 
     monkeypatch.setattr(bench.cli, "cmd_list", full_disk)
     assert main(["list"]) == 2
-    assert capsys.readouterr().err == "error: r/results.csv.tmp: No space left on device\n"
+    err = capsys.readouterr().err
+    assert err.startswith("error: r/results.csv.tmp: No space left on device") and err.count("\n") == 1
 
 
 def test_train_replaces_weights_only_with_force_or_when_resuming_its_own_checkpoint(sandbox):

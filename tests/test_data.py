@@ -13,6 +13,7 @@ import torch
 from bench.errors import UserError
 from models import data
 from models.data import load_dataset, read_idx
+from tests.helpers import DATASET_PACKAGES, dataset_installed, in_ci, needs_dataset
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -85,8 +86,7 @@ def test_load_dataset_caches_tensors_per_process():
     assert load_dataset("digits", "test")[0] is load_dataset("digits", "test")[0]
 
 
-@pytest.mark.skipif(not Path(data.FASHION_MNIST_SYSTEM_DIR, "train-images-idx3-ubyte.gz").is_file(),
-                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+@needs_dataset("fashion-mnist")
 def test_fashion_mnist_has_60000_train_and_10000_test_images_in_range():
     train_images, train_labels = load_dataset("fashion-mnist", "train")
     test_images, test_labels = load_dataset("fashion-mnist", "test")
@@ -94,6 +94,17 @@ def test_fashion_mnist_has_60000_train_and_10000_test_images_in_range():
     assert train_images.min() == -1 and train_images.max() == 1
     assert torch.equal(train_labels.bincount(), torch.full((10,), 6000))
     assert torch.equal(test_labels.bincount(), torch.full((10,), 1000))
+
+
+@pytest.mark.skipif(not in_ci(), reason="only under CI (CI=true), which installs every data set package")
+@pytest.mark.parametrize("dataset", sorted(DATASET_PACKAGES))
+def test_ci_has_every_dataset_package_installed(dataset: str):
+    package, folder, _ = DATASET_PACKAGES[dataset]
+    assert dataset_installed(dataset), f"CI must install {package} (files in {folder}); .ci/run apt-get installs it"
+
+
+def test_helpers_dataset_folder_is_the_readers_default():
+    assert DATASET_PACKAGES["fashion-mnist"][1] == data.FASHION_MNIST_SYSTEM_DIR
 
 
 def test_missing_fashion_mnist_error_names_dataset_and_fix(tmp_path: Path, monkeypatch):

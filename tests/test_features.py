@@ -14,6 +14,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from bench.errors import UserError
 from models import features
 from models.data import load_dataset
+from tests.helpers import needs_dataset
 
 ACCURACY_THRESHOLDS = {"digits": 0.95, "fashion-mnist": 0.88}
 
@@ -36,8 +37,11 @@ def test_shipped_files_are_under_two_megabytes(dataset: str):
         assert path.stat().st_size < 2 * 1024 * 1024, path
 
 
+FASHION_MARKS = [shipped("fashion-mnist"), needs_dataset("fashion-mnist"), pytest.mark.slow]
+
+
 @pytest.mark.parametrize("dataset", [pytest.param("digits", marks=shipped("digits")),
-                                     pytest.param("fashion-mnist", marks=[shipped("fashion-mnist"), pytest.mark.slow])])
+                                     pytest.param("fashion-mnist", marks=FASHION_MARKS)])
 def test_shipped_extractor_reaches_card_accuracy_on_test_split(dataset: str):
     images, labels = load_dataset(dataset, "test")
     net = features.load_feature_net(dataset)

@@ -50,8 +50,8 @@ def _smoke_network() -> nn.Module:
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
     saved = train_module.save_checkpoint
 
-    def keep_step_3(state, path, preset_name):  # keep a copy of the mid-run checkpoint
-        saved(state, path, preset_name)
+    def keep_step_3(state, path, preset_name, overrides=()):  # keep a copy of the mid-run checkpoint
+        saved(state, path, preset_name, overrides)
         if state.step == 3:
             shutil.copy(path, tmp_path / "step3.ckpt.pt")
 
