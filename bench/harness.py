@@ -103,6 +103,24 @@ def _compile_and_warm_up(config: RunConfig, denoiser, device: torch.device, jobs
     return info
 
 
+def check_tensor_file(path: str, what: str) -> None:
+    """A UserError unless `path` is a weights file that loads without running code: .safetensors, or a
+    pickle that torch.load(weights_only=True) accepts (tensors and containers only)."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"{what} {path}: no such file")
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors import safe_open
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        else:
+            torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for code-bearing pickles, others for corrupt files
+        raise UserError(f"{what} {path}: refusing to load it: not a plain tensor file that safetensors or "
+                        f"torch.load(weights_only=True) accepts ({type(exc).__name__})") from None
+
+
 def _model_defaults(config: RunConfig, device: torch.device) -> tuple[str, int, int]:
     model = config.model or DEFAULT_MODEL[device.type]
     num_samples = config.num_samples or DEFAULT_NUM_SAMPLES[device.type]
@@ -133,6 +151,8 @@ def run_benchmark(config: RunConfig, registry: Registry, out: str | None = None,
     if config.model is None and model_name not in registry.models:
         raise UserError(f"the default model {model_name!r} for {device.type} is not registered "
                         f"(are its weights in models/weights/?); pass --model, e.g. --model gaussian-oracle")
+    if config.fid_weights:
+        check_tensor_file(config.fid_weights, "--fid-weights")
     choices = resolve_samplers(config.samplers, registry)
     metric_specs = select_metrics(config.metrics, registry)
     denoiser = load_model(model_name, registry, device)

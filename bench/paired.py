@@ -131,6 +131,21 @@ def load_rows(out_dir: Path, name, reference: Reference | None = None) -> torch.
     return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
 
 
+def check_saved_rows(out_dir: Path, df: pd.DataFrame) -> None:
+    """Read every per-image file the folder's rows name (and the reference) once, so a pickle, a path out of
+    features/ or a malformed array is a UserError before the report writes anything."""
+    reference = load_reference(out_dir)
+    if "features_file" not in df.columns:
+        return
+    for name in df["features_file"].dropna():
+        path = feature_file(out_dir, name)
+        if path.is_file():
+            load_rows(out_dir, name, reference)
+        boot = feature_file(out_dir, str(name).replace(".npy", ".boot.npy"))
+        if boot.is_file():
+            load_array(boot)
+
+
 def bootstrap_distances(rows: torch.Tensor, counts: torch.Tensor, reference: Reference) -> torch.Tensor:
     """Fréchet distance of every row-weighting in `counts` (one per resample) against the reference."""
     return weighted_fid(rows, counts, reference)
@@ -254,6 +269,9 @@ def paired_report(out_dir: Path, df: pd.DataFrame, config: dict) -> list[str]:
     resamples = int(settings.get("bootstrap") or RESAMPLES)
     table = paired_table(out_dir, df, resamples=resamples, seed=int(settings.get("seed") or 0))
     if table.empty:
+        stale = Path(out_dir) / "paired.csv"
+        if stale.is_file() and not stale.is_symlink():  # pairs of an earlier report that no longer hold
+            stale.unlink()
         return []
     tmp = Path(out_dir) / "paired.csv.tmp"
     table.to_csv(tmp, index=False)

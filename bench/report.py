@@ -445,7 +445,8 @@ def build_report(out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     df, config = load_results(out_dir)
     refuse_links(out_dir)
-    from bench.paired import fid_infinity_lines, paired_report
+    from bench.paired import check_saved_rows, fid_infinity_lines, paired_report
+    check_saved_rows(out_dir, df)
     paired = paired_report(out_dir, df, config)  # reads (and checks) every saved array first; writes paired.csv
     infinity = fid_infinity_lines(out_dir, df)
     quality, label = quality_column(df)
