@@ -227,6 +227,7 @@ class Harness:
         row.update(nfe=nfe, rows_evaluated=sum(s.rows for s in shares) / self.num_samples)
         row.update(summarize_ranks([s.times for s in timed], [s.images for s in timed], [s.before for s in timed],
                                    [s.after for s in timed], self.num_samples))
+        row["world_size"] = len(shares)  # every process of the run, those that got no batch included
         row.update(ms_per_nfe=1000 * row["wall_s"] / nfe, net_s=sum(s.net_seconds / s.times.passes for s in timed),
                    net_ms_per_call=1000 * net / total_calls,
                    overhead_frac=max(0.0, 1 - net / sum(s.times.total_s for s in timed)),

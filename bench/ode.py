@@ -93,7 +93,7 @@ def step_order(order: int, step: int, num_steps: int, history: int, lower_order_
     first-order denoising step anyway, so short plans stay stable near t = 0.
     """
     order = min(order, step + 1 + history)
-    if lower_order_final and num_steps < final_threshold:
+    if lower_order_final and num_steps + history < final_threshold:  # the whole plan, seeded part included
         order = min(order, num_steps - step)
     return max(order, 1)
 
