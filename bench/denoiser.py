@@ -25,7 +25,7 @@ from torch import nn
 from bench.errors import UserError
 from bench.schedule import NoiseSchedule
 
-PREDICTION_TYPES = ("eps", "x0", "v")
+PREDICTION_TYPES = ("eps", "x0", "v", "flow", "edm")  # flow and edm: continuous paths only (bench.paths)
 TIME_INPUTS = ("index", "fraction", "fraction-1")
 
 
@@ -76,6 +76,8 @@ class DenoiserInfo:
     num_classes: int = 0
     prediction_type: str = "eps"
     dataset: str | None = None
+    path: str = "vp-discrete"     # the noise path kind (bench.paths), recorded with every result
+    shift: float | None = None    # the flow path's time shift
 
 
 class Denoiser:
@@ -87,12 +89,20 @@ class Denoiser:
                  time_input_kind: str = "index", device: torch.device | str = "cpu"):
         if info.prediction_type not in PREDICTION_TYPES:
             raise UserError(f"unknown prediction type {info.prediction_type!r}; expected one of {PREDICTION_TYPES}")
+        continuous = bool(getattr(schedule, "continuous", False))
+        if info.prediction_type in ("flow", "edm") and not continuous:
+            raise UserError(f"prediction type {info.prediction_type!r} needs a continuous-time path (flow, ve), "
+                            "not vp-discrete")
+        if continuous:
+            self.continuous_time = True  # eps is defined at any real t on a continuous path
+            from bench.paths import path_shift
+            info = DenoiserInfo(**{**info.__dict__, "path": schedule.kind, "shift": path_shift(schedule)})
         self.schedule = schedule
         self.info = info
         self.network = network
         self.time_input_kind = time_input_kind
         self.device = torch.device(device)
-        self._alpha_bar = schedule.alpha_bar.to(self.device, torch.float32)
+        self._alpha_bar = schedule.alpha_bar.to(self.device, torch.float32) if not continuous else None
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -111,7 +121,8 @@ class Denoiser:
         self.device = torch.device(device)
         if isinstance(self.network, nn.Module):
             self.network.to(self.device)
-        self._alpha_bar = self.schedule.alpha_bar.to(self.device, torch.float32)
+        if not getattr(self.schedule, "continuous", False):
+            self._alpha_bar = self.schedule.alpha_bar.to(self.device, torch.float32)
         return self
 
     def network_forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
@@ -121,8 +132,36 @@ class Denoiser:
             return self.network(x_t, time_arg)
         return self.network(x_t, time_arg, cond)
 
+    def _predict_eps_on_path(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """A network on a continuous path: the VP state is scaled to the path's native x = alpha x_0 + sigma eps,
+        the network sees its own time (t * 1000 for 'index' networks, t for 'fraction'; EDM's c_noise and c_in for
+        'edm'), and its output is converted to eps, which is the same in both coordinates (bench.paths)."""
+        from bench.paths import TIME_RESOLUTION, edm_preconditioning, eps_from_native
+
+        shape = (-1, *[1] * (x_t.dim() - 1))
+        alpha, sigma, d_alpha, d_sigma = self.schedule.coefficients_of(t)
+        scale = (alpha * alpha + sigma * sigma).sqrt()
+        x_native = x_t * scale.to(x_t.dtype).view(shape)
+        kind = self.info.prediction_type
+        if kind == "edm":  # D(x; s) = c_skip x + c_out F(c_in x, c_noise) on x = x_native / alpha, s = sigma / alpha
+            sigma_edm = sigma / alpha
+            c_skip, c_out, c_in, c_noise = edm_preconditioning(sigma_edm, self.schedule.path_config.sigma_data)
+            x_edm = x_native / alpha.to(x_t.dtype).view(shape)
+            out = self._call(x_edm * c_in.to(x_t.dtype).view(shape), c_noise.to(torch.float32), cond)
+            denoised = c_skip.to(x_t.dtype).view(shape) * x_edm + c_out.to(x_t.dtype).view(shape) * out
+            return (x_edm - denoised) / sigma_edm.to(x_t.dtype).view(shape)
+        time_arg = (t * TIME_RESOLUTION if self.time_input_kind == "index" else t).to(torch.float32)
+        out = self._call(x_native, time_arg, cond)
+        coefficients = [c.to(x_t.dtype).view(shape) for c in (alpha, sigma, d_alpha, d_sigma)]
+        return eps_from_native(out, x_native, *coefficients, kind)
+
+    def _call(self, x: torch.Tensor, time_arg: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        return self.network(x, time_arg) if cond is None else self.network(x, time_arg, cond)
+
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """eps(x_t, t) for timesteps t of shape (B,): int64, or float64 for continuous-time models."""
+        if getattr(self.schedule, "continuous", False):
+            return self._predict_eps_on_path(x_t, t, cond)
         prediction = self.network_forward(x_t, t, cond)
         if t.is_floating_point():  # continuous-time networks: alpha_bar between trained timesteps
             rows = torch.arange(t.shape[0], device=t.device)  # alpha_bar per row, gathered row by row

@@ -123,6 +123,8 @@ def sections_plan(num_timesteps: int, sections: str | Sequence[int]) -> list[int
 
 def logsnr_times(schedule: NoiseSchedule, num_steps: int) -> list[float]:
     """N real times, T-1 down to 0, evenly spaced in lambda = log-SNR / 2 (Lu et al. 2022a, Sec. 3.4)."""
+    if getattr(schedule, "continuous", False):
+        return continuous_logsnr(schedule, num_steps)
     last = schedule.num_timesteps - 1
     if num_steps == 1:
         return [float(last)]
@@ -185,6 +187,84 @@ def discrete_plan(num_timesteps: int, num_steps: int) -> list[int]:
     return uniform_plan(num_timesteps, num_steps)
 
 
+# --------------------------------------------------------------------------- continuous-time paths
+
+
+def _continuous_ends(path) -> tuple[float, float]:
+    return float(path.t_max), float(path.t_min)
+
+
+def _placed_in_t(path, num_steps: int, warp: Callable[[float], float]) -> list[float]:
+    """N times from the path's raw t_max down to t_min placed by warp(u) (u = 0 at t_min), then shifted."""
+    hi, lo = path.raw_t_range
+    if num_steps == 1:
+        return [path.shifted(hi)]
+    return [path.shifted(lo + warp(1 - i / (num_steps - 1)) * (hi - lo)) for i in range(num_steps)]
+
+
+def continuous_uniform(path, num_steps: int) -> list[float]:
+    """Evenly spaced in the path's own time from t_max to t_min (flow: then shifted, SD3's grid)."""
+    return _placed_in_t(path, num_steps, lambda u: u)
+
+
+def continuous_quadratic(path, num_steps: int) -> list[float]:
+    """Quadratically spaced in the path's time, dense near t_min (then shifted on flow)."""
+    return _placed_in_t(path, num_steps, lambda u: u * u)
+
+
+def continuous_logsnr(path, num_steps: int) -> list[float]:
+    """Evenly spaced in lambda = log(alpha / sigma) between the path's ends (DPM-Solver's logSNR), exact inverse."""
+    hi, lo = _continuous_ends(path)
+    if num_steps == 1:
+        return [hi]
+    lam_hi, lam_lo = path.lambda_at(hi), path.lambda_at(lo)
+    inner = [path.t_from_lambda(lam_hi + i / (num_steps - 1) * (lam_lo - lam_hi)) for i in range(1, num_steps - 1)]
+    return [hi, *inner, lo]
+
+
+def continuous_karras(path, num_steps: int, rho: float = KARRAS_RHO) -> list[float]:
+    """Karras et al.'s sigmas (Eq. 5) in the path's EDM sigma = sigma / alpha, between its ends."""
+    if not rho > 0:
+        raise UserError(f"rho must be > 0 for the karras plan, got {rho}")
+    hi, lo = _continuous_ends(path)
+    if num_steps == 1:
+        return [hi]
+    top, bottom = path.sigma_at(hi) ** (1 / rho), path.sigma_at(lo) ** (1 / rho)
+    inner = [path.t_from_sigma((top + i / (num_steps - 1) * (bottom - top)) ** rho) for i in range(1, num_steps - 1)]
+    return [hi, *inner, lo]
+
+
+def flow_sigmas(path, num_steps: int) -> list[float]:
+    """diffusers' flow sigmas for multistep solvers (DPMSolverMultistep/UniPC `use_flow_sigmas`): 1 - linspace(1,
+    1/T, N + 1), shifted, flipped, the last (0) dropped; so a run reproduces a diffusers pipeline's grid."""
+    if path.kind != "flow":
+        raise UserError(f"the flow-sigmas plan is diffusers' grid for flow models; this model's path is {path.kind}")
+    total = path.path_config.num_timesteps
+    alphas = [1 + i / num_steps * (1 / total - 1) for i in range(num_steps + 1)]
+    return [path.shifted(1 - a) for a in alphas][::-1][:-1]
+
+
+CONTINUOUS_PLANS: dict[str, Callable[..., list[float]]] = {
+    "uniform": continuous_uniform, "time-uniform": continuous_uniform, "quadratic": continuous_quadratic,
+    "logsnr": continuous_logsnr, "karras": continuous_karras, "flow-sigmas": flow_sigmas,
+}
+
+
+def continuous_plan(name: str, path, num_steps: int | None, **options) -> list[float]:
+    """A plan of real times on a continuous path; the plans over trained integer timesteps are refused."""
+    if name not in CONTINUOUS_PLANS:
+        raise UserError(f"timestep plan {name!r} picks trained integer timesteps and cannot run on this model's "
+                        f"{path.kind} path (continuous time); use one of {', '.join(CONTINUOUS_PLANS)}")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= path.num_timesteps:
+        raise UserError(f"steps must be between 1 and {path.num_timesteps}, got {num_steps!r}")
+    kwargs = {"rho": options["rho"]} if name == "karras" and options.get("rho") is not None else {}
+    times = CONTINUOUS_PLANS[name](path, num_steps, **kwargs)
+    if any(not b < a for a, b in zip(times, times[1:])):
+        raise UserError(f"plan {name!r} with {num_steps} steps gives times that are not strictly decreasing on this "
+                        f"{path.kind} path: {times}")
+    return times
+
+
 PLANS: dict[str, Callable[..., list[int]]] = {
     "full": full_plan,
     "uniform": uniform_plan,
@@ -196,6 +276,7 @@ PLANS: dict[str, Callable[..., list[int]]] = {
     "logsnr": logsnr_plan,
     "karras": karras_plan,
     "discrete": discrete_plan,
+    "flow-sigmas": flow_sigmas,
 }
 SCHEDULE_PLANS = ("logsnr", "karras")  # plans that read alpha_bar and so need the NoiseSchedule
 PLAN_OPTIONS = {"karras": ("rho",)}    # plan parameters, consumed here and never passed to samplers
@@ -209,6 +290,10 @@ def make_plan(name: str, schedule_or_T: NoiseSchedule | int, num_steps: int | No
     """
     if name not in PLANS:
         raise UserError(f"unknown timestep plan {name!r}; expected one of {', '.join(PLANS)}")
+    if getattr(schedule_or_T, "continuous", False):
+        return continuous_plan(name, schedule_or_T, num_steps, **options)
+    if name == "flow-sigmas":
+        raise UserError("the flow-sigmas plan is diffusers' grid for flow models; this model's path is vp-discrete")
     if isinstance(schedule_or_T, NoiseSchedule):
         schedule, num_timesteps = schedule_or_T, schedule_or_T.num_timesteps
     else:

@@ -143,6 +143,9 @@ class SamplerSpec:
         num_timesteps = getattr(schedule_or_T, "num_timesteps", schedule_or_T)
         plan = self.plan_name(params)
         if plan == "sections":
+            if getattr(schedule_or_T, "continuous", False):
+                raise UserError(f"the sections plan cuts T integer timesteps and cannot run on this model's "
+                                f"{schedule_or_T.kind} path (continuous time)")
             timesteps = sections_plan(num_timesteps, params["sections"])
             if steps is not None and steps != len(timesteps):
                 raise UserError(f"{self.name}: sections {params['sections']!r} give {len(timesteps)} steps, "

@@ -59,7 +59,10 @@ class ScheduleConfig:
 
 
 class NoiseSchedule:
-    """beta, alpha and alpha_bar in float64 for timesteps 0..T-1."""
+    """beta, alpha and alpha_bar in float64 for timesteps 0..T-1: the `vp-discrete` noise path (bench.paths)."""
+
+    kind = "vp-discrete"
+    continuous = False
 
     def __init__(self, betas: torch.Tensor, config: ScheduleConfig | None = None):
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
@@ -88,6 +91,16 @@ class NoiseSchedule:
     def num_timesteps(self) -> int:
         """T, the number of timesteps the model was trained on."""
         return int(self.betas.numel())
+
+    @property
+    def t_max(self) -> int:
+        """The noisiest timestep, T - 1 (where every plan starts)."""
+        return self.num_timesteps - 1
+
+    @property
+    def t_min(self) -> int:
+        """The least noisy timestep, 0 (the step after it lands on clean data)."""
+        return 0
 
     def alpha_bar_at(self, t: float) -> float:
         """alpha_bar at a real time t: exact at integers, 1 (clean data) for t < 0.

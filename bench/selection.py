@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ class SamplerChoice:
     label: str
     spec: SamplerSpec
     params: dict[str, Any]
+    from_all: bool = False  # chosen by --samplers all: skipped (with a note) where the model's path cannot run it
 
 
 @dataclass(frozen=True)
@@ -98,10 +100,10 @@ def resolve_samplers(items: tuple[str, ...] | list[str], registry: Registry) -> 
 def every_configuration(registry: Registry) -> list[SamplerChoice]:
     """`--samplers all`: every sampler at its defaults, then every preset; a sampler whose defaults equal a
     preset (dpm-solver++ = dpmpp-2m) runs once, under the preset's better-known name."""
-    presets = [SamplerChoice(p.name, spec, spec.resolve_params(p.params))
+    presets = [SamplerChoice(p.name, spec, spec.resolve_params(p.params), from_all=True)
                for p in registry.presets.values() for spec in [registry.samplers[p.sampler]]]
     covered = {(c.spec.name, repr(sorted(c.params.items()))) for c in presets}
-    samplers = [SamplerChoice(s.name, s, s.resolve_params()) for s in registry.samplers.values()]
+    samplers = [SamplerChoice(s.name, s, s.resolve_params(), from_all=True) for s in registry.samplers.values()]
     return [c for c in samplers if (c.spec.name, repr(sorted(c.params.items()))) not in covered] + presets
 
 
@@ -131,12 +133,25 @@ def plan_jobs(choices: list[SamplerChoice], steps: tuple[int, ...], schedule,
     `schedule` is the model's NoiseSchedule (plans on sigma or log-SNR grids need alpha_bar).
     """
     jobs = []
+    skipped = []
     for choice in choices:
         fixed = choice.spec.fixed_steps(schedule.num_timesteps, choice.params)
-        for s in [fixed] if fixed is not None else steps:
-            timesteps = tuple(choice.spec.timesteps(schedule, s, choice.params))
+        try:
+            plans = [(s, tuple(choice.spec.timesteps(schedule, s, choice.params)))
+                     for s in ([fixed] if fixed is not None else steps)]
+        except UserError as exc:
+            if choice.from_all and getattr(schedule, "continuous", False):
+                skipped.append(f"{choice.label} ({exc})")
+                continue  # `all` on a continuous path: plans over integer timesteps do not apply
+            raise UserError(f"{choice.label}: {exc}") from None
+        for s, timesteps in plans:
             for w in guidance if guidance is not None else (None,):
                 jobs.append(Job(choice, s, timesteps, w))
+    if skipped:
+        print(f"note: --samplers all skips {len(skipped)} configuration(s) whose plan cannot run on this model's "
+              f"{schedule.kind} path: " + "; ".join(s.split(" (")[0] for s in skipped), file=sys.stderr)
+    if not jobs:
+        raise UserError("no configuration can run on this model: " + "; ".join(skipped))
     return jobs
 
 

@@ -146,16 +146,30 @@ class OracleDenoiser(Denoiser):
         return self.mixture.optimal_eps(x_t, self.schedule.alpha_bar_of(t))
 
 
-def load_single_gaussian(size: int, name: str):
+def _path(kind: str | None):
+    """The oracle's noise path: None keeps the linear vp-discrete schedule (bench.paths for the others)."""
+    if kind is None:
+        return None
+    from bench.paths import PathConfig, make_path
+    return make_path(PathConfig(kind))
+
+
+def load_single_gaussian(size: int, name: str, path: str | None = None):
     def load(device="cpu"):
-        return OracleDenoiser(make_gaussian(size), name=name, device=device)
+        return OracleDenoiser(make_gaussian(size), _path(path), name=name, device=device)
     return load
 
 
-def load_oracle(size: int, name: str):
+def load_oracle(size: int, name: str, path: str | None = None):
     def load(device="cpu"):
-        return OracleDenoiser(make_mixture(size), name=name, device=device)
+        return OracleDenoiser(make_mixture(size), _path(path), name=name, device=device)
     return load
+
+
+# The exact oracles on the continuous paths (bench.paths): the posterior mean of a Gaussian mixture is
+# closed form for any (alpha, sigma), and in VP coordinates it depends only on alpha_bar, so eps* and the
+# single Gaussian's ODE map are those of the VP oracle at the path's alpha_bar(t).
+PATH_ORACLES = ("flow", "ve", "vp-continuous")
 
 
 # --------------------------------------------------------------------------- class-conditional oracle
@@ -227,3 +241,8 @@ def register_models(register):
                        load_oracle(28, "gaussian-oracle-28")))
     register(ModelSpec("gaussian-single", "Exact denoiser of one 8x8 diagonal Gaussian, whose probability-flow ODE "
                        "is solved in closed form (used by `bench orders`)", load_single_gaussian(8, "gaussian-single")))
+    for path in PATH_ORACLES:
+        register(ModelSpec(f"gaussian-oracle-{path}", f"The gaussian-oracle mixture on the {path} noise path "
+                           "(exact eps*; continuous time)", load_oracle(8, f"gaussian-oracle-{path}", path)))
+        register(ModelSpec(f"gaussian-single-{path}", f"The single Gaussian on the {path} noise path, whose ODE map "
+                           "is exact (bench orders --model)", load_single_gaussian(8, f"gaussian-single-{path}", path)))

@@ -56,7 +56,7 @@ def sample_edm_stochastic(denoiser, x, timesteps, noise, *, s_churn=40.0, s_tmin
     the added noise matches the level actually reached. The final jump to sigma = 0 adds no noise."""
     schedule = denoiser.schedule
     lv = levels(schedule, timesteps)
-    sigma_max = schedule.sigma_at(schedule.num_timesteps - 1)
+    sigma_max = schedule.sigma_at(schedule.t_max)
     gamma_max = min(s_churn / len(timesteps), math.sqrt(2) - 1)
     x = x / lv[0].alpha
     for i, (cur, nxt) in enumerate(zip(lv[:-1], lv[1:])):

@@ -17,7 +17,7 @@ from bench.registry import Param, SamplerSpec
 from bench.schedule import NoiseSchedule, ScheduleConfig
 
 T = 1000
-STEP_PLANS = [name for name in PLANS if name != "full"]
+STEP_PLANS = [name for name in PLANS if name not in ("full", "flow-sigmas")]  # flow-sigmas: flow paths only
 SCHEDULE = NoiseSchedule.linear(T)
 
 
