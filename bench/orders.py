@@ -62,6 +62,8 @@ ORDER_CASES: tuple[OrderCase, ...] = (
     OrderCase("ipndm-4", "ipndm", 4),  # equal-step Adams-Bashforth weights: 2 on unequal steps
     OrderCase("ipndm-v-4", "ipndm-v", 4),
     OrderCase("plms", "plms", 4),  # the Adams-Bashforth order of its weights; equal-step weights as iPNDM
+    OrderCase("flow-heun", "flow-heun", 2),          # in the path's own time: continuous paths only
+    OrderCase("flow-midpoint", "flow-midpoint", 2),
     # more solvers: add OrderCase rows above this line
 )
 
@@ -142,6 +144,34 @@ def measure(case: OrderCase, registry, denoiser, steps=STEPS, num_images: int = 
     return OrderResult(case, nfe, errors, seeded)
 
 
+PATH_ORDER_MODELS = ("gaussian-single", "gaussian-single-vp-continuous", "gaussian-single-ve", "gaussian-single-flow")
+
+
+def runs_on(case: OrderCase, registry, denoiser) -> bool:
+    """Whether the case's sampler runs on the denoiser's path (flow-time steppers need continuous time)."""
+    name = registry.presets[case.sampler].sampler if case.sampler in registry.presets else case.sampler
+    paths = registry.samplers[name].paths
+    return paths is None or getattr(denoiser.schedule, "kind", "vp-discrete") in paths
+
+
+def path_order_table(registry, models=PATH_ORDER_MODELS, steps=STEPS, num_images: int = NUM_IMAGES,
+                     cases=ORDER_CASES) -> str:
+    """One column per path kind: each solver's own order (seeded where it takes history) on that path's oracle."""
+    denoisers = [registry.model(m).load("cpu") for m in models]
+    kinds = [getattr(d.schedule, "kind", "vp-discrete") for d in denoisers]
+    lines = ["| solver | nominal order | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
+    for case in cases:
+        cells = []
+        for denoiser in denoisers:
+            if not runs_on(case, registry, denoiser):
+                cells.append("n/a")
+                continue
+            r = measure(case, registry, denoiser, steps, num_images)
+            cells.append(f"{r.seeded_order if r.seeded_order is not None else r.order:.2f}")
+        lines.append(f"| {case.label} | {case.nominal} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def order_table(results: list[OrderResult]) -> str:
     """The markdown table the README shows (singlestep solvers have no warm-up: both columns agree)."""
     lines = ["| solver | nominal order | measured order, own (seeded history) | measured order, standard warm-up "
@@ -160,7 +190,15 @@ def run_orders(args) -> int:
 
     torch.set_num_threads(max(1, args.num_threads))
     registry = load_registry()
-    denoiser = registry.model(ORDER_MODEL).load("cpu")
+    models = [m.strip() for m in (args.model or ORDER_MODEL).split(",") if m.strip()]
+    for name in models:
+        registry.model(name)  # an unknown model is a one-line error naming the registered ones
+    for name in models:
+        denoiser = registry.model(name).load("cpu")
+        if not hasattr(denoiser, "mixture") or denoiser.mixture.means.shape[0] != 1:
+            raise UserError(f"--model {name}: orders need an exact single-Gaussian oracle with a closed-form ODE "
+                            f"map, e.g. {', '.join(PATH_ORDER_MODELS)}")
+    denoiser = registry.model(models[0]).load("cpu")
     cases = ORDER_CASES
     if args.solvers:
         wanted = [s.strip() for s in args.solvers.split(",") if s.strip()]
@@ -175,7 +213,11 @@ def run_orders(args) -> int:
         raise UserError(f"--steps must be comma-separated integers like '20,40,80', got {args.steps!r}") from None
     if len(steps) < 2 or min(steps) < SEED_POINTS + 2 or max(steps) > denoiser.num_timesteps:
         raise UserError(f"--steps needs at least two grid sizes in {SEED_POINTS + 2}..{denoiser.num_timesteps}")
-    print(order_table([measure(case, registry, denoiser, steps, args.images) for case in cases]))
+    if len(models) > 1:
+        print(path_order_table(registry, models, steps, args.images, cases))
+        return 0
+    print(order_table([measure(case, registry, denoiser, steps, args.images) for case in cases
+                       if runs_on(case, registry, denoiser)]))
     return 0
 
 
@@ -188,5 +230,7 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--steps", default=",".join(map(str, STEPS)), help="grid sizes to fit over")
     parser.add_argument("--images", type=int, default=NUM_IMAGES, help="trajectories per grid size")
     parser.add_argument("--num-threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--model", default=None, help=f"the exact single-Gaussian oracle (default {ORDER_MODEL}); "
+                        "comma-separated for one column per path, e.g. " + ",".join(PATH_ORDER_MODELS))
     parser.set_defaults(func=run_orders)
     return parser

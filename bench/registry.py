@@ -106,6 +106,7 @@ class SamplerSpec:
     plugin: str = ""
     nfe: Callable[[list, Mapping[str, Any]], int] | None = None
     check: Callable[[list, Mapping[str, Any]], None] | None = None
+    paths: tuple[str, ...] | None = None  # the noise path kinds it runs on (bench.paths); None: every kind
 
     def resolve_params(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Defaults updated by `overrides`, each checked against its declaration.
@@ -142,6 +143,10 @@ class SamplerSpec:
         """
         num_timesteps = getattr(schedule_or_T, "num_timesteps", schedule_or_T)
         plan = self.plan_name(params)
+        kind = getattr(schedule_or_T, "kind", None)
+        if self.paths is not None and kind is not None and kind not in self.paths:
+            raise UserError(f"sampler {self.name!r} runs on {', '.join(self.paths)} paths, not on this model's "
+                            f"{kind} path")
         if plan == "sections":
             if getattr(schedule_or_T, "continuous", False):
                 raise UserError(f"the sections plan cuts T integer timesteps and cannot run on this model's "

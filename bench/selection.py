@@ -140,16 +140,17 @@ def plan_jobs(choices: list[SamplerChoice], steps: tuple[int, ...], schedule,
             plans = [(s, tuple(choice.spec.timesteps(schedule, s, choice.params)))
                      for s in ([fixed] if fixed is not None else steps)]
         except UserError as exc:
-            if choice.from_all and getattr(schedule, "continuous", False):
+            if choice.from_all:
                 skipped.append(f"{choice.label} ({exc})")
-                continue  # `all` on a continuous path: plans over integer timesteps do not apply
+                continue  # `all`: a configuration the model's path cannot run (integer plans, flow-time steppers)
             raise UserError(f"{choice.label}: {exc}") from None
         for s, timesteps in plans:
             for w in guidance if guidance is not None else (None,):
                 jobs.append(Job(choice, s, timesteps, w))
     if skipped:
-        print(f"note: --samplers all skips {len(skipped)} configuration(s) whose plan cannot run on this model's "
-              f"{schedule.kind} path: " + "; ".join(s.split(" (")[0] for s in skipped), file=sys.stderr)
+        print(f"note: --samplers all skips {len(skipped)} configuration(s) that cannot run on this model's "
+              f"{getattr(schedule, 'kind', 'vp-discrete')} path: " + ", ".join(s.split(" (")[0] for s in skipped),
+              file=sys.stderr)
     if not jobs:
         raise UserError("no configuration can run on this model: " + "; ".join(skipped))
     return jobs

@@ -1,0 +1,272 @@
+"""Noise paths (bench.paths): exact coefficients, every solver on every path, and diffusers' flow schedulers
+as step-by-step cross-checks (same sigmas, same model outputs, same noise)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bench.denoiser import Denoiser, DenoiserInfo
+from bench.errors import UserError
+from bench.paths import PATH_KINDS, FlowPath, PathConfig, eps_from_native, flow_shift, make_path
+from bench.plans import make_plan
+from bench.sampling import batch_noise
+from bench.schedule import NoiseSchedule
+from tests.helpers import run_sampler
+
+CONTINUOUS = ("vp-continuous", "ve", "flow")
+
+
+@pytest.mark.parametrize("kind", CONTINUOUS)
+def test_lambda_and_edm_sigma_inverses_are_exact(kind):
+    path = make_path(PathConfig(kind))
+    for frac in (0.0, 0.1, 0.37, 0.8, 1.0):
+        t = path.t_min + frac * (path.t_max - path.t_min)
+        assert path.t_from_lambda(path.lambda_at(t)) == pytest.approx(t, rel=1e-12, abs=1e-15)
+        assert path.t_from_sigma(path.sigma_at(t)) == pytest.approx(t, rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("kind", CONTINUOUS)
+def test_alpha_bar_is_the_vp_equivalent_of_the_native_coefficients(kind):
+    path = make_path(PathConfig(kind))
+    t = 0.5 * (path.t_min + path.t_max)
+    a, s = path.alpha(t), path.sigma(t)
+    assert path.alpha_bar_at(t) == pytest.approx(a * a / (a * a + s * s), rel=1e-14)
+    assert path.lambda_at(t) == pytest.approx(math.log(a / s), rel=1e-14)
+    assert path.alpha_bar_at(-1) == 1.0 and path.sigma_at(-1) == 0.0
+    lams = [path.lambda_at(path.t_min + f * (path.t_max - path.t_min)) for f in (0, 0.25, 0.5, 0.75, 1)]
+    assert all(b < a for a, b in zip(lams, lams[1:]))  # noise rises with t on every path
+
+
+@pytest.mark.parametrize("kind", CONTINUOUS)
+def test_native_derivatives_match_finite_differences(kind):
+    path = make_path(PathConfig(kind))
+    t, h = 0.4 * path.t_max + 0.6 * path.t_min, 1e-6 * path.t_max
+    assert path.d_alpha(t) == pytest.approx((path.alpha(t + h) - path.alpha(t - h)) / (2 * h), rel=1e-5, abs=1e-8)
+    assert path.d_sigma(t) == pytest.approx((path.sigma(t + h) - path.sigma(t - h)) / (2 * h), rel=1e-5, abs=1e-8)
+
+
+def test_vp_continuous_linear_matches_the_discrete_schedule_at_the_trained_times():
+    path, schedule = make_path(PathConfig("vp-continuous")), NoiseSchedule.linear(1000)
+    for t in (0, 100, 500, 999):  # DPM-Solver: continuous t = (n + 1) / T carries alpha_bar[n] to O(1/T)
+        log_continuous, log_discrete = math.log(path.alpha_bar_at((t + 1) / 1000)), math.log(schedule.alpha_bar_at(t))
+        assert log_continuous == pytest.approx(log_discrete, abs=0.01 * (1 + abs(log_discrete)))
+
+
+def test_flow_shift_is_sd3s_and_keeps_the_ends():
+    assert flow_shift(0.5, 3.0) == pytest.approx(0.75)
+    assert flow_shift(1.0, 3.0) == 1.0 and flow_shift(0.0, 3.0) == 0.0
+    path = make_path(PathConfig("flow", shift=3.0))
+    times = make_plan("uniform", path, 5)
+    assert times[0] == pytest.approx(flow_shift(0.999, 3.0)) and times[-1] == pytest.approx(flow_shift(0.001, 3.0))
+
+
+@pytest.mark.parametrize("kind", CONTINUOUS)
+@pytest.mark.parametrize("plan", ["uniform", "quadratic", "logsnr", "karras"])
+def test_every_continuous_plan_gives_n_distinct_decreasing_times_within_the_path(kind, plan):
+    path = make_path(PathConfig(kind))
+    for n in (1, 2, 3, 10, 57):
+        times = make_plan(plan, path, n)
+        assert len(times) == n and all(b < a for a, b in zip(times, times[1:]))
+        assert times[0] == pytest.approx(path.t_max) and (n == 1 or times[-1] == pytest.approx(path.t_min))
+
+
+def test_flow_sigmas_are_diffusers_dpmsolver_flow_grid():
+    np = pytest.importorskip("numpy")
+    path = make_path(PathConfig("flow", shift=3.0))
+    alphas = np.linspace(1, 1 / 1000, 11)
+    sigmas = 1.0 - alphas
+    expected = np.flip(3.0 * sigmas / (1 + 2.0 * sigmas))[:-1]
+    assert make_plan("flow-sigmas", path, 10) == pytest.approx(list(expected), rel=1e-12)
+
+
+@pytest.mark.parametrize("plan", ["full", "leading", "trailing", "linspace"])
+def test_integer_timestep_plans_are_refused_on_a_continuous_path(plan):
+    with pytest.raises(UserError, match="continuous time"):
+        make_plan(plan, make_path(PathConfig("flow")), 10)
+
+
+def test_flow_sigmas_are_refused_off_the_flow_path():
+    with pytest.raises(UserError, match="flow models"):
+        make_plan("flow-sigmas", NoiseSchedule.linear(1000), 10)
+    with pytest.raises(UserError, match="flow models"):
+        make_plan("flow-sigmas", make_path(PathConfig("ve")), 10)
+
+
+@pytest.mark.parametrize("field,value", [("kind", "warp"), ("shift", 0.0), ("shift", -1.0), ("shift", math.nan),
+                                         ("shift", math.inf), ("sigma_min", 100.0)])
+def test_bad_path_configs_are_one_line_errors(field, value):
+    with pytest.raises(UserError):
+        PathConfig(**{field: value})
+
+
+# --------------------------------------------------------------------------- prediction conversions
+
+
+@pytest.mark.parametrize("kind", ["eps", "x0", "v", "flow"])
+def test_every_prediction_type_converts_back_to_the_true_eps(kind):
+    generator = torch.Generator().manual_seed(0)
+    x0, eps = (torch.randn(6, 4, generator=generator, dtype=torch.float64) for _ in range(2))
+    path = make_path(PathConfig("flow"))
+    t = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9, 0.99], dtype=torch.float64)
+    alpha, sigma, d_alpha, d_sigma = (c.view(-1, 1) for c in path.coefficients_of(t))
+    x = alpha * x0 + sigma * eps
+    norm = (alpha**2 + sigma**2).sqrt()
+    prediction = {"eps": eps, "x0": x0, "v": (alpha / norm) * eps - (sigma / norm) * x0,
+                  "flow": d_alpha * x0 + d_sigma * eps}[kind]
+    if kind == "flow":
+        assert torch.allclose(prediction, eps - x0)  # on the flow path the velocity is eps - x_0
+    assert torch.allclose(eps_from_native(prediction, x, alpha, sigma, d_alpha, d_sigma, kind), eps, atol=1e-10)
+
+
+def test_edm_preconditioned_network_that_outputs_the_exact_f_gives_the_exact_eps():
+    from bench.paths import edm_preconditioning
+
+    path = make_path(PathConfig("ve"))
+    generator = torch.Generator().manual_seed(1)
+    x0, eps = torch.randn(3, 1, 2, 2, generator=generator), torch.randn(3, 1, 2, 2, generator=generator)
+    sigma_true = torch.tensor([0.1, 1.0, 10.0], dtype=torch.float64)
+
+    def exact_f(x_in, c_noise):  # F such that D = c_skip x + c_out F is the true x_0
+        s = torch.exp(4 * c_noise.to(torch.float64)).view(-1, 1, 1, 1)
+        c_skip, c_out, c_in, _ = (c.view(-1, 1, 1, 1) for c in edm_preconditioning(s.view(-1), 0.5))
+        x = x_in / c_in
+        return ((x0 - c_skip * x) / c_out).float()
+
+    denoiser = Denoiser(path, DenoiserInfo("edm", (1, 2, 2), prediction_type="edm"), exact_f, "index")
+    x_native = x0 + sigma_true.view(-1, 1, 1, 1).float() * eps
+    x_vp = x_native / (1 + sigma_true**2).sqrt().view(-1, 1, 1, 1).float()
+    assert torch.allclose(denoiser(x_vp, sigma_true), eps, atol=1e-4)
+
+
+def test_flow_and_edm_predictions_are_refused_on_vp_discrete():
+    with pytest.raises(UserError, match="continuous-time path"):
+        Denoiser(NoiseSchedule.linear(1000), DenoiserInfo("m", (1, 2, 2), prediction_type="flow"), lambda x, t: x)
+
+
+# --------------------------------------------------------------------------- solvers on every path
+
+
+class TinyVelocityNet(torch.nn.Module):
+    """A fixed random network u(x, t) standing in for a flow model (time input t * 1000, diffusers' convention)."""
+
+    def __init__(self, channels: int = 1):
+        super().__init__()
+        generator = torch.Generator().manual_seed(7)
+        self.weight = torch.nn.Parameter(0.3 * torch.randn(channels, channels, 3, 3, generator=generator))
+
+    def forward(self, x, t):
+        t = torch.as_tensor(t, dtype=x.dtype).reshape(-1, 1, 1, 1) / 1000
+        return torch.tanh(torch.nn.functional.conv2d(x, self.weight, padding=1)) * (1 + t) - 0.5 * x * t
+
+
+def flow_denoiser(shift: float = 1.0) -> Denoiser:
+    """The tiny flow model in float64: the cross-checks compare algorithms, not float32 round-off (near t = 1 the
+    VP-coordinate x_0 costs float32 about 1e-7 / alpha, ~3e-4 at shift 3's first time; see the README)."""
+    path = FlowPath(PathConfig("flow", shift=shift))
+    network = TinyVelocityNet().double()
+    return Denoiser(path, DenoiserInfo("tiny-flow", (1, 4, 4), prediction_type="flow"), network, "index")
+
+
+def _states(registry, name, denoiser, steps, plan=None, images=4, **params):
+    spec = registry.samplers[name]
+    resolved = spec.resolve_params({**({"plan": plan} if plan else {}), **params})
+    seen = []
+    x, timesteps = run_sampler(spec, resolved, denoiser, steps, torch.arange(images), dtype=torch.float64,
+                               callback=lambda s: seen.append((s["t"], s["x"].clone())))
+    path = denoiser.schedule
+    native = [(t, x_vp * path.scale(float(t))) for t, x_vp in seen]  # the states in the path's own x
+    return x, timesteps, native
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_euler_on_a_flow_path_is_ddim_and_the_native_flow_euler_step_element_by_element(registry, shift):
+    denoiser = flow_denoiser(shift)
+    x_euler, times, _ = _states(registry, "euler", denoiser, 8)
+    x_ddim, _, _ = _states(registry, "ddim", denoiser, 8)
+    path = denoiser.schedule
+    x = batch_noise(0, torch.arange(4), (1, 4, 4), dtype=torch.float64).initial() * path.scale(times[0])
+    for t, t_next in zip([*times], [*times[1:], 0.0]):
+        x = x + (t_next - t) * denoiser.network(x, torch.full((4,), t * 1000, dtype=torch.float64))  # x + (s - t) u
+    assert torch.allclose(x_euler, x_ddim, atol=1e-10)
+    assert torch.allclose(x_euler, x, atol=1e-10)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_euler_on_a_flow_path_equals_diffusers_flowmatch_euler_step_by_step(registry, shift):
+    diffusers = pytest.importorskip("diffusers")
+    denoiser = flow_denoiser(shift)
+    x_ours, times, ours = _states(registry, "euler", denoiser, 10)
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    unshifted = [0.999 - i * (0.998 / 9) for i in range(10)]  # our uniform plan before the shift
+    scheduler.set_timesteps(sigmas=unshifted)
+    assert scheduler.sigmas[:-1].tolist() == pytest.approx(times, rel=1e-6)
+    sample = ours[0][1]
+    for i, timestep in enumerate(scheduler.timesteps):
+        assert torch.allclose(sample, ours[i][1], atol=1e-5), i
+        sample = scheduler.step(denoiser.network(sample, timestep.expand(4).double()), timestep, sample).prev_sample
+    assert torch.allclose(sample, x_ours, atol=1e-5)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_dpmpp_2m_on_a_flow_path_equals_diffusers_dpmsolver_with_flow_sigmas(registry, shift):
+    diffusers = pytest.importorskip("diffusers")
+    denoiser = flow_denoiser(shift)
+    x_ours, times, ours = _states(registry, "dpm-solver++", denoiser, 10, plan="flow-sigmas")
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=1000, use_flow_sigmas=True, flow_shift=shift, prediction_type="flow_prediction",
+        algorithm_type="dpmsolver++", solver_order=2, final_sigmas_type="zero", lower_order_final=True)
+    scheduler.set_timesteps(10)
+    assert scheduler.sigmas[:-1].tolist() == pytest.approx(times, rel=1e-6)
+    sample = ours[0][1]
+    for i, timestep in enumerate(scheduler.timesteps):  # diffusers rounds its timesteps to integers; the model
+        assert torch.allclose(sample, ours[i][1], atol=1e-5), i  # is evaluated at sigma * 1000 on both sides
+        output = denoiser.network(sample, torch.full((4,), times[i] * 1000, dtype=torch.float64))
+        sample = scheduler.step(output, timestep, sample).prev_sample
+    assert torch.allclose(sample, x_ours, atol=1e-5)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_flow_heun_equals_diffusers_flowmatch_heun_given_the_same_sigmas(registry, shift):
+    diffusers = pytest.importorskip("diffusers")
+    denoiser = flow_denoiser(shift)
+    x_ours, times, ours = _states(registry, "flow-heun", denoiser, 6)
+    scheduler = diffusers.FlowMatchHeunDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    scheduler.set_timesteps(6)
+    sigmas = torch.tensor([*times, 0.0], dtype=torch.float32)  # the same sigmas, interleaved as diffusers does
+    scheduler.sigmas = torch.cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2), sigmas[-1:]])
+    scheduler.timesteps = torch.cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2)]) * 1000
+    sample, calls = ours[0][1], 0
+    for timestep in scheduler.timesteps:
+        sample = scheduler.step(denoiser.network(sample, timestep.expand(4).double()), timestep, sample).prev_sample
+        calls += 1
+    assert calls == 2 * 6 - 1
+    assert torch.allclose(sample, x_ours, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", PATH_KINDS)
+def test_every_deterministic_solver_converges_to_the_exact_ode_map_on_every_path(registry, kind):
+    name = "gaussian-single" if kind == "vp-discrete" else f"gaussian-single-{kind}"
+    denoiser = registry.model(name).load("cpu")
+    x_T = batch_noise(0, torch.arange(32), denoiser.image_shape, dtype=torch.float64).initial()
+    for sampler in ("ddim", "euler", "heun", "dpmpp-2m", "dpmpp-3m", "unipc-bh2", "deis", "ipndm", "plms",
+                    "flow-heun", "flow-midpoint"):
+        spec = registry.samplers.get(sampler) or registry.samplers[registry.presets[sampler].sampler]
+        if spec.paths is not None and kind not in spec.paths:
+            continue
+        preset = registry.presets[sampler].params if sampler in registry.presets else {}
+        errors = []
+        for steps in (25, 50):
+            params = spec.resolve_params({**preset, "plan": "logsnr"})
+            x, times = run_sampler(spec, params, denoiser, steps, torch.arange(32), dtype=torch.float64)
+            exact = denoiser.mixture.exact_ode_map(x_T, denoiser.schedule.alpha_bar_at(times[0]), 1.0)
+            errors.append(float((x - exact).pow(2).mean().sqrt()))
+        assert errors[1] < 0.7 * errors[0] and errors[1] < 0.1, (sampler, kind, errors)
+
+
+def test_a_flow_time_stepper_on_vp_discrete_is_a_one_line_error(registry):
+    spec = registry.samplers["flow-heun"]
+    with pytest.raises(UserError, match="vp-discrete"):
+        spec.timesteps(NoiseSchedule.linear(1000), 10, spec.resolve_params())
