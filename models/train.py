@@ -56,6 +56,7 @@ class TrainPreset:
     notes: str = ""
     prediction_type: str = "eps"  # what the network is trained to output: eps, or v (Salimans & Ho 2022)
     timestep_sampling: str = "uniform"  # how training t is drawn: uniform in 0..T-1, or "logit-normal" (SD3, below)
+    path: str = "vp-discrete"           # the noise path (bench.paths); "flow": rectified flow, target u = eps - x_0
 
 
 _CPU_NOTE = "trained on CPU, reduced configuration (no GPU was available); a GPU run of more steps will do better"
@@ -91,6 +92,17 @@ PRESETS: dict[str, TrainPreset] = {p.name: p for p in (
                 {"in_channels": 1, "n_feat": 16, "num_classes": 10, "image_size": 28},
                 conditional=True, steps=3_000, batch_size=32, lr=2e-3, warmup_steps=200, ema_decay=0.995,
                 checkpoint_every=250, notes=_CPU_NOTE),
+    TrainPreset("digits-flow", "Unconditional ddpm-unet (16/32 channels, attention at 4x4) on sklearn 8x8 digits "
+                "trained with the rectified-flow objective (x_t = (1 - t) x_0 + t eps, target u = eps - x_0, t uniform "
+                "in (0, 1)): the shipped flow-matching model", "digits", "ddpm-unet",
+                {"in_channels": 1, "base_channels": 16, "channel_mults": (1, 2), "num_res_blocks": 1,
+                 "image_size": 8, "num_classes": 0},
+                steps=4_000, batch_size=128, lr=2e-3, warmup_steps=300, ema_decay=0.999, checkpoint_every=500,
+                prediction_type="flow", path="flow"),
+    TrainPreset("smoke-flow", "A few steps of a tiny ddpm-unet on digits with the flow objective (used by the tests)",
+                "digits", "ddpm-unet", {"in_channels": 1, "base_channels": 8, "channel_mults": (1,), "num_res_blocks": 1,
+                                        "image_size": 8, "num_classes": 0},
+                steps=6, batch_size=16, warmup_steps=2, checkpoint_every=3, prediction_type="flow", path="flow"),
     TrainPreset("smoke", "A few steps of a tiny seed-unet on digits (used by the tests)", "digits", "seed-unet",
                 {"in_channels": 1, "channels": (4, 8, 8), "embed_dim": 8, "image_size": 8,
                  "num_timesteps": 50},
@@ -106,7 +118,7 @@ SETTABLE = {"warmup_steps": int, "weight_decay": float, "ema_decay": float, "lab
             "grad_clip": float, "checkpoint_every": int, "prediction_type": str, "timestep_sampling": str}
 NET_SETTABLE = {"base_channels": int, "num_res_blocks": int, "dropout": float, "channel_mults": "ints",
                 "attention_heads": int}
-PREDICTION_TYPES = ("eps", "x0", "v")
+PREDICTION_TYPES = ("eps", "x0", "v", "flow")
 TIMESTEP_SAMPLINGS = ("uniform", "logit-normal")
 
 
@@ -314,6 +326,8 @@ def training_step(state: TrainState, run: RunConfig, schedule: NoiseSchedule, im
     preset, gen = run.preset, state.generator
     device = gen.device
     index = torch.randint(images.shape[0], (run.batch_size,), generator=gen, device=device)
+    if preset.path == "flow":
+        return _flow_training_step(state, run, images, labels, index, forward)
     t = sample_train_timesteps(preset.timestep_sampling, schedule.num_timesteps, run.batch_size, gen)
     eps = torch.randn((run.batch_size, *images.shape[1:]), generator=gen, device=device)
     cond = None
@@ -329,6 +343,41 @@ def training_step(state: TrainState, run: RunConfig, schedule: NoiseSchedule, im
         prediction = (forward or state.model)(x_t, time_input(t, schedule.num_timesteps, time_kind), cond)
     target = training_target(x0, eps, schedule.alpha_bar.to(x0.device)[t], preset.prediction_type)
     loss = F.mse_loss(prediction.float(), target)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(state.model.parameters(), preset.grad_clip)
+    state.optimizer.step()
+    update_ema(state.ema, state.model, ema_decay_at(state.step, preset.ema_decay))
+    state.step += 1
+    return loss.detach()
+
+
+def _flow_training_step(state: TrainState, run: RunConfig, images: torch.Tensor, labels: torch.Tensor,
+                        index: torch.Tensor, forward: nn.Module | None) -> torch.Tensor:
+    """The rectified-flow / flow-matching objective (Liu et al. 2023; Lipman et al. 2023; SD3): x_t = (1 - t) x_0
+    + t eps with t uniform in (0, 1) (or logit-normal), the network sees t * 1000 and learns u = eps - x_0."""
+    from bench.paths import TIME_RESOLUTION
+
+    preset, gen = run.preset, state.generator
+    device = gen.device
+    if preset.timestep_sampling == "logit-normal":
+        t = torch.sigmoid(torch.randn(run.batch_size, generator=gen, device=device))
+    else:
+        t = torch.rand(run.batch_size, generator=gen, device=device)
+    eps = torch.randn((run.batch_size, *images.shape[1:]), generator=gen, device=device)
+    cond = None
+    if preset.conditional:
+        drop = torch.rand(run.batch_size, generator=gen, device=device) < preset.label_dropout
+        cond = torch.where(drop, torch.full_like(labels[index], preset.network["num_classes"]), labels[index])
+        cond = cond.to(run.device)
+    x0, t, eps = images[index].to(run.device), t.to(run.device), eps.to(run.device)
+    tb = t.view(-1, *[1] * (x0.dim() - 1))
+    x_t = (1 - tb) * x0 + tb * eps
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr_at(state.step, run.lr, preset.warmup_steps, run.steps)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
+        prediction = (forward or state.model)(x_t, t * TIME_RESOLUTION, cond)
+    loss = F.mse_loss(prediction.float(), eps - x0)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(state.model.parameters(), preset.grad_clip)
@@ -374,6 +423,7 @@ def write_weights(state: TrainState, run: RunConfig, schedule_config: ScheduleCo
         description=preset.description, preset=preset.name, steps_trained=state.step,
         final_loss=round(final_loss, 6), wall_time_s=round(state.wall_time_s, 1), device=device_name,
         torch_version=torch.__version__, command=command_line(run),
+        **({"path": {"kind": preset.path, "shift": 1.0}} if preset.path != "vp-discrete" else {}),
         training={"batch_size": run.batch_size, "lr": run.lr, "warmup_steps": preset.warmup_steps,
                   "lr_decay": "cosine", "optimizer": "AdamW", "weight_decay": preset.weight_decay,
                   "ema_decay": preset.ema_decay, "label_dropout": preset.label_dropout if preset.conditional else 0.0,

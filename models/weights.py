@@ -60,7 +60,8 @@ def save_weights(network: nn.Module | dict[str, torch.Tensor], path: str | Path,
     state = network.state_dict() if isinstance(network, nn.Module) else network
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata={"architecture": str(card.get("architecture", ""))})
+    path_kind = (card.get("path") or {}).get("kind", "vp-discrete") if isinstance(card.get("path"), dict) else "vp-discrete"
+    save_file(state, str(path), metadata={"architecture": str(card.get("architecture", "")), "path": path_kind})
     path.chmod(0o644)  # safetensors writes 0600; shipped files must be readable by everyone
     card_path(path).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
     return path
@@ -172,6 +173,8 @@ def load_denoiser(path: str | Path, device: torch.device | str = "cpu") -> Denoi
         raise UserError(f"weight file {str(path)!r} does not exist")
     card = read_card(path)
     network = build_from_card(card, load_state(path), path)
+    noise_path = card_path_config(card, card_path(path))
+    check_weights_path_kind(path, noise_path.kind)
     known = {f.name for f in dataclasses.fields(ScheduleConfig)}
     unknown = sorted(set(card["schedule"]) - known)
     if unknown:
@@ -181,10 +184,57 @@ def load_denoiser(path: str | Path, device: torch.device | str = "cpu") -> Denoi
         schedule = NoiseSchedule.from_config(ScheduleConfig(**card["schedule"]))
     except (TypeError, ValueError) as exc:
         raise UserError(f"model card {str(card_path(path))!r}: bad schedule {card['schedule']!r} ({exc})") from None
+    if noise_path.kind != "vp-discrete":
+        from bench.paths import make_path
+        schedule = make_path(noise_path)
+    elif card["prediction_type"] in ("flow", "edm"):
+        raise UserError(f"model card {str(card_path(path))!r}: prediction_type {card['prediction_type']!r} needs a "
+                        "continuous path, but the card has no 'path' (or a vp-discrete one); add "
+                        '"path": {"kind": "flow"} (or "ve")')
     info = DenoiserInfo(name=str(card.get("name", path.stem)), image_shape=tuple(card["image_shape"]),
                         num_classes=int(card["num_classes"]), prediction_type=card["prediction_type"],
                         dataset=card["dataset"])
     return Denoiser(schedule, info, network, time_input_kind=card["time_input"], device=device).to(device)
+
+
+def card_path_config(card: dict[str, Any], source: Path):
+    """The card's noise path (bench.paths.PathConfig); cards without one are vp-discrete (every card before it)."""
+    from bench.paths import PathConfig
+
+    raw = card.get("path")
+    if raw is None:
+        return PathConfig("vp-discrete")
+    if not isinstance(raw, dict):
+        raise UserError(f"model card {str(source)!r}: path must be a JSON object like {{\"kind\": \"flow\", "
+                        f"\"shift\": 3.0}}, got {raw!r}")
+    known = {f.name for f in dataclasses.fields(PathConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise UserError(f"model card {str(source)!r}: unknown path key {unknown[0]!r}; expected some of "
+                        f"{', '.join(sorted(known))}")
+    try:
+        return PathConfig(**raw)
+    except UserError as exc:
+        raise UserError(f"model card {str(source)!r}: {exc}") from None
+    except TypeError as exc:
+        raise UserError(f"model card {str(source)!r}: bad path {raw!r} ({exc})") from None
+
+
+def check_weights_path_kind(weights: Path, kind: str) -> None:
+    """A flow (or VE) network described by a VP card, or the reverse, is an error: the weights file records the
+    path it was trained on (safetensors metadata written by `bench train`)."""
+    if weights.suffix != ".safetensors":
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            recorded = (handle.metadata() or {}).get("path")
+    except Exception:  # unreadable files are reported by load_state
+        return
+    if recorded and recorded != kind:
+        raise UserError(f"weights {str(weights)!r} were trained on the {recorded} path but their card says {kind}; "
+                        "the card does not describe these weights")
 
 
 def load_model_path(path: Path, device: torch.device | str = "cpu") -> Denoiser:
