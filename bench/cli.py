@@ -41,10 +41,14 @@ def cmd_list(args) -> int:
     sections = [("Samplers", registry.samplers), ("Presets", registry.presets), ("Models", registry.models),
                 ("Metrics", registry.metrics)]
     if args.json:
-        from bench.registry import SamplerSpec
+        from bench.registry import ModelSpec, SamplerSpec
 
         def entry(item) -> dict:
             out = {"description": item.description, "plugin": item.plugin}
+            if isinstance(item, ModelSpec) and item.opens is None:
+                out.update(path=item.path, prediction_type=item.prediction_type, shift=item.shift)
+            if isinstance(item, SamplerSpec) and item.paths is not None:
+                out["paths"] = list(item.paths)
             if isinstance(item, SamplerSpec):  # each parameter with its default and allowed values
                 out["params"] = {k: {"default": p.default, "help": p.help, "allowed": p.allowed()}
                                  for k, p in item.params.items()}
@@ -59,9 +63,13 @@ def cmd_list(args) -> int:
             if title == "Samplers":
                 params = ", ".join(f"{k}={p.default}" + (f" ({p.allowed()})" if p.allowed() else "")
                                    for k, p in item.params.items())
-                extra = f"  [plan: {item.plan}{'; ' + params if params else ''}]"
+                paths = f"; paths: {', '.join(item.paths)}" if item.paths is not None else ""
+                extra = f"  [plan: {item.plan}{'; ' + params if params else ''}{paths}]"
             elif title == "Presets":
                 extra = f"  [= {item.sampler}:{','.join(f'{k}={v}' for k, v in item.params.items())}]"
+            elif title == "Models" and item.opens is None and item.path:
+                extra = f"  [path: {item.path}" + (f", shift {item.shift:g}" if item.shift is not None else "") + \
+                    (f"; predicts {item.prediction_type}" if item.prediction_type else "") + "]"
             print(f"  {name:<20} {item.description}{extra}  (plugin: {item.plugin})")
         if not table:
             print("  (none)")
@@ -103,6 +111,17 @@ def _step_list(text: str) -> tuple[str, ...]:
     if not values:
         raise argparse.ArgumentTypeError(f"expected comma-separated values like 10,20,50, got {text!r}")
     return values
+
+
+def _shift(text: str) -> float:
+    """--shift: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
 
 
 def _given_options(args) -> dict:
@@ -252,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the network once per model; compile time is reported in config.json "
                    "and kept out of wall_s")
+    p.add_argument("--shift", type=_shift, default=None, metavar="S",
+                   help="flow models: the time shift t' = S t / (1 + (S - 1) t) of every plan placed in t (SD3's and "
+                   "diffusers' shift; default: the model's own, 1 unless its card or scheduler config says)")
     p.add_argument("--classes", type=_step_list, default=(), metavar="K,K,...",
                    help="class labels to sample, image i gets classes[i mod len] (default: all classes, balanced)")
     p.add_argument("--model", help="registered model name, a .safetensors weight file, or a diffusers folder "

@@ -45,6 +45,7 @@ class RunConfig:
     classes: tuple[int, ...] = ()     # labels to cycle through; () = every class of a conditional model
     compile: bool = False             # torch.compile the network (compile time kept out of wall_s)
     threads: int | None = None        # torch CPU threads for sampling; None: torch's default
+    shift: float | None = None        # flow models: the time shift of every plan placed in t; None: the model's
 
     def __post_init__(self):
         """The counts a run is made of are checked here, whoever builds the config (CLI, --resume, code)."""
@@ -57,7 +58,10 @@ class RunConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be {bound}, got {value!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if out["shift"] is None:
+            del out["shift"]  # configs of runs without --shift stay as they were written before it existed
+        return out
 
 
 def package_versions() -> dict[str, str]:

@@ -150,7 +150,8 @@ class Denoiser:
             out = self._call(x_edm * c_in.to(x_t.dtype).view(shape), c_noise.to(x_t.dtype), cond)
             denoised = c_skip.to(x_t.dtype).view(shape) * x_edm + c_out.to(x_t.dtype).view(shape) * out
             return (x_edm - denoised) / sigma_edm.to(x_t.dtype).view(shape)
-        time_arg = (t * TIME_RESOLUTION if self.time_input_kind == "index" else t).to(x_t.dtype)
+        resolution = getattr(getattr(self.schedule, "path_config", None), "num_timesteps", TIME_RESOLUTION)
+        time_arg = (t * resolution if self.time_input_kind == "index" else t).to(x_t.dtype)
         out = self._call(x_native, time_arg, cond)
         coefficients = [c.to(x_t.dtype).view(shape) for c in (alpha, sigma, d_alpha, d_sigma)]
         return eps_from_native(out, x_native, *coefficients, kind)

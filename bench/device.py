@@ -55,7 +55,7 @@ def warm_up_network(denoiser, batch_rows, autocast: torch.dtype | None) -> float
     began = time.perf_counter()
     for rows in sorted(set(batch_rows)):
         x = torch.zeros(rows, *denoiser.image_shape, device=device)
-        t = denoiser.num_timesteps - 1  # a Python int, as samplers pass it: the same guards as in the timed loop
+        t = denoiser.schedule.t_max  # as samplers pass it (an int on vp-discrete): the same guards as the timed loop
         cond = torch.zeros(rows, dtype=torch.long, device=device) if denoiser.num_classes else None
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             denoiser(x, t, cond)

@@ -103,6 +103,18 @@ def _compile_and_warm_up(config: RunConfig, denoiser, device: torch.device, jobs
     return info
 
 
+def apply_shift(denoiser, shift: float) -> None:
+    """--shift: the flow model's plans placed in t use this shift instead of the model's own."""
+    import dataclasses as dc
+
+    from bench.paths import make_path
+    path = denoiser.schedule
+    if getattr(path, "kind", "vp-discrete") != "flow":
+        raise UserError(f"--shift applies to flow models; this model's path is {getattr(path, 'kind', 'vp-discrete')}")
+    denoiser.schedule = make_path(dc.replace(path.path_config, shift=float(shift)))
+    denoiser.info = dc.replace(denoiser.info, shift=float(shift))
+
+
 def check_tensor_file(path: str, what: str) -> None:
     """A UserError unless `path` is a weights file that loads without running code: .safetensors, or a
     pickle that torch.load(weights_only=True) accepts (tensors and containers only)."""
@@ -156,6 +168,8 @@ def run_benchmark(config: RunConfig, registry: Registry, out: str | None = None,
     choices = resolve_samplers(config.samplers, registry)
     metric_specs = select_metrics(config.metrics, registry)
     denoiser = load_model(model_name, registry, device)
+    if config.shift is not None:
+        apply_shift(denoiser, config.shift)
     steps = validate_steps(config.steps, denoiser.num_timesteps)
     classes = validate_classes(config.classes, denoiser.num_classes)
     guidance = validate_guidance(config.guidance, denoiser.num_classes)

@@ -309,6 +309,8 @@ class Harness:
                 "nfe": math.nan, "expected_nfe": job.expected_nfe,
                 "num_samples": self.num_samples, "batch_size": self.batch_size, "model": self.model_name,
                 "device": str(self.device), "compute_dtype": self.config.precision, "seed": self.config.seed,
+                "path": self.denoiser.info.path, "shift": self.denoiser.info.shift,
+                "prediction_type": self.denoiser.info.prediction_type,
                 "status": "pending", "error": ""}
 
 

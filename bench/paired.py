@@ -328,6 +328,13 @@ def fid_infinity_lines(out_dir: Path, df: pd.DataFrame, seed: int = 0) -> list[s
     return lines
 
 
+def _noise_path(config: dict) -> tuple[str, object]:
+    """(path kind, shift) a run recorded (vp-discrete for runs from before paths existed)."""
+    info = config.get("model_info") if isinstance(config.get("model_info"), dict) else {}
+    shift = config.get("config", {}).get("shift") or info.get("shift")
+    return str(info.get("path") or "vp-discrete"), shift
+
+
 def paired_across_runs(dir_a: Path, dir_b: Path, merged: pd.DataFrame, quality: str | None) -> pd.DataFrame:
     """`bench compare`'s table with a paired 95% interval of each row's quality difference (b minus a).
 
@@ -339,6 +346,13 @@ def paired_across_runs(dir_a: Path, dir_b: Path, merged: pd.DataFrame, quality: 
     a, config_a = load_results(dir_a)
     b, config_b = load_results(dir_b)
     ref_a, ref_b = load_reference(dir_a), load_reference(dir_b)
+    paths = [_noise_path(c) for c in (config_a, config_b)]
+    if paths[0] != paths[1]:
+        import sys
+        print(f"warning: {dir_a} sampled the {paths[0][0]} path (shift {paths[0][1]}) and {dir_b} the {paths[1][0]} "
+              f"path (shift {paths[1][1]}): their images are not the same samples, so no paired intervals",
+              file=sys.stderr)
+        return merged
     same_images = (config_a.get("config", {}).get("seed") == config_b.get("config", {}).get("seed")
                    and config_a.get("num_samples") == config_b.get("num_samples"))
     if (quality is None or ref_a is None or ref_b is None or ref_a.column != quality or ref_b.column != quality

@@ -196,6 +196,9 @@ class ModelSpec:
     load: Callable
     plugin: str = ""
     opens: Callable[[str], bool] | None = None
+    path: str | None = None          # the noise path kind (bench.paths), shown by `bench list`; None: not known
+    prediction_type: str | None = None
+    shift: float | None = None
 
 
 @dataclass(frozen=True)

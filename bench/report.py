@@ -454,7 +454,11 @@ def build_report(out_dir: Path) -> Path:
     sentences = budget_sentences(df, quality, label) + guidance_sentences(df)
     table = df[[c for c in TABLE_COLUMNS if c in df.columns]]
     failed = df[df["status"] != "ok"]
-    header = (f"model **{config.get('model', '?')}**, {config.get('num_samples', '?')} images per configuration, "
+    info = config.get("model_info") if isinstance(config.get("model_info"), dict) else {}
+    noise_path = str(info.get("path") or "vp-discrete") + (f" (shift {info['shift']:g})" if isinstance(
+        info.get("shift"), (int, float)) else "")
+    header = (f"model **{config.get('model', '?')}** on the {noise_path} noise path, predicting "
+              f"{info.get('prediction_type', '?')}, {config.get('num_samples', '?')} images per configuration, "
               f"seed {config.get('config', {}).get('seed', '?')}, device {config.get('device_name', '?')}, "
               f"commit {config.get('git_commit', '?')}")
     samples = sorted(p.relative_to(out_dir).as_posix() for p in (out_dir / "samples").glob("*.png"))

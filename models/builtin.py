@@ -72,6 +72,11 @@ def load_path(device, arg: str):
 @hookimpl
 def register_models(register):
     for path in shipped_weights():
-        register(ModelSpec(path.stem, describe(path.with_suffix(".json")), _loader(path)))
+        card = read_json(path.with_suffix(".json")) or {}
+        noise_path = card.get("path") if isinstance(card.get("path"), dict) else {}
+        kind = noise_path.get("kind", "vp-discrete")
+        register(ModelSpec(path.stem, describe(path.with_suffix(".json")), _loader(path), path=kind,
+                           prediction_type=card.get("prediction_type"),
+                           shift=noise_path.get("shift", 1.0) if kind == "flow" else None))
     register(ModelSpec("<path>", f"a weight file ({', '.join(WEIGHT_SUFFIXES)}) with its .json card, or a diffusers "
                        "save_pretrained folder", load_path, opens=opens_path))

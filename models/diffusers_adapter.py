@@ -1,8 +1,16 @@
-"""Load a diffusers `UNet2DModel` folder (with its DDPM-style scheduler config) as a Denoiser.
+"""Load a diffusers `UNet2DModel` folder (with its scheduler config) as a Denoiser.
 
 Accepted layouts: a folder written by `UNet2DModel.save_pretrained` with `scheduler_config.json`
 beside it, or a pipeline folder (`DDPMPipeline.save_pretrained`) with `unet/` and `scheduler/`.
 Only safetensors weights are read. diffusers is an optional extra.
+
+The scheduler config says which noise path the UNet was trained on (bench.paths):
+  * FlowMatchEuler/FlowMatchHeun schedulers, or any scheduler with `use_flow_sigmas` or
+    `prediction_type: flow_prediction`: the flow path with the config's `shift` (`flow_shift`), the
+    UNet predicts the velocity and is called at sigma * num_train_timesteps, as diffusers calls it;
+  * EDM schedulers (EDMEuler, EDMDPMSolverMultistep): the VE path with sigma_min/sigma_max/sigma_data,
+    the UNet inside EDM's preconditioning (c_in x, c_noise = ln(sigma) / 4; prediction_type epsilon);
+  * anything else: the DDPM betas (vp-discrete), as before.
 """
 
 from __future__ import annotations
@@ -103,16 +111,56 @@ def load_unet(unet_dir: Path) -> nn.Module:
         raise UserError(f"cannot load the diffusers UNet in {str(unet_dir)!r}: {type(exc).__name__}: {exc}") from None
 
 
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+EDM_SCHEDULERS = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
+
+
+def path_from_config(config: dict[str, Any], source: Path):
+    """(schedule or path, prediction type) that a diffusers scheduler config describes (module docstring)."""
+    from bench.paths import PathConfig, make_path
+
+    source = Path(config.get("_path", source))
+    name = config.get("_class_name", "")
+    steps = config.get("num_train_timesteps", 1000)
+
+    def number(key: str, default: float) -> float:
+        value = config.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"scheduler config {str(source)!r}: {key} = {value!r} is not a number")
+        return float(value)
+
+    try:
+        if name in FLOW_SCHEDULERS or config.get("use_flow_sigmas") or config.get("prediction_type") == \
+                "flow_prediction":
+            shift = number("shift", 1.0) if name in FLOW_SCHEDULERS else number("flow_shift", 1.0)
+            if config.get("use_dynamic_shifting"):
+                raise UserError(f"scheduler config {str(source)!r}: use_dynamic_shifting (Flux's resolution-dependent "
+                                "shift) is not supported yet; pass --shift S for a fixed shift")
+            return make_path(PathConfig("flow", shift=shift, num_timesteps=int(steps))), "flow"
+        if name in EDM_SCHEDULERS:
+            if config.get("prediction_type", "epsilon") != "epsilon":
+                raise UserError(f"scheduler config {str(source)!r}: EDM prediction_type "
+                                f"{config.get('prediction_type')!r} is not supported; expected epsilon (EDM's c_out)")
+            path = make_path(PathConfig("ve", sigma_min=number("sigma_min", 0.002), sigma_max=number("sigma_max", 80.0),
+                                        sigma_data=number("sigma_data", 0.5)))
+            return path, "edm"
+    except UserError as exc:
+        message = str(exc)
+        raise UserError(message if str(source) in message else f"scheduler config {str(source)!r}: {message}") \
+            from None
+    return schedule_from_config(config, source), prediction_type(config, source)
+
+
 def load_diffusers(folder: str | Path, device: torch.device | str = "cpu", dataset: str | None = None) -> Denoiser:
-    """A Denoiser from a diffusers UNet2DModel folder; integer timesteps are passed to the UNet."""
+    """A Denoiser from a diffusers UNet2DModel folder; the UNet gets the time its scheduler gives it."""
     folder = Path(folder)
     unet_dir = find_unet_dir(folder)
     scheduler_config = read_scheduler_config(folder, unet_dir)
-    schedule = schedule_from_config(scheduler_config, folder)
+    schedule, prediction = path_from_config(scheduler_config, folder)
     unet = load_unet(unet_dir)
     size = unet.config.sample_size
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     info = DenoiserInfo(name=folder.name, image_shape=(int(unet.config.in_channels), int(height), int(width)),
                         num_classes=int(unet.config.num_class_embeds or 0),
-                        prediction_type=prediction_type(scheduler_config, folder), dataset=dataset)
+                        prediction_type=prediction, dataset=dataset)
     return Denoiser(schedule, info, DiffusersUNet(unet), time_input_kind="index", device=device).to(device)

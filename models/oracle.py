@@ -234,15 +234,20 @@ def load_conditional_oracle(size: int, name: str):
 def register_models(register):
     register(ModelSpec("gaussian-oracle-cond", "Exact class-conditional denoiser of an 8x8 Gaussian mixture: "
                        "class k is component k (4 classes, equal weights), the null label the whole mixture",
-                       load_conditional_oracle(8, "gaussian-oracle-cond")))
+                       load_conditional_oracle(8, "gaussian-oracle-cond"), path="vp-discrete", prediction_type="eps"))
     register(ModelSpec("gaussian-oracle", "Exact optimal denoiser of an 8x8 Gaussian mixture (4 components); "
-                       "samples are scored against the true distribution", load_oracle(8, "gaussian-oracle")))
+                       "samples are scored against the true distribution", load_oracle(8, "gaussian-oracle"),
+                       path="vp-discrete", prediction_type="eps"))
     register(ModelSpec("gaussian-oracle-28", "Exact optimal denoiser of a 28x28 Gaussian mixture (4 components)",
-                       load_oracle(28, "gaussian-oracle-28")))
+                       load_oracle(28, "gaussian-oracle-28"), path="vp-discrete", prediction_type="eps"))
     register(ModelSpec("gaussian-single", "Exact denoiser of one 8x8 diagonal Gaussian, whose probability-flow ODE "
-                       "is solved in closed form (used by `bench orders`)", load_single_gaussian(8, "gaussian-single")))
+                       "is solved in closed form (used by `bench orders`)", load_single_gaussian(8, "gaussian-single"),
+                       path="vp-discrete", prediction_type="eps"))
     for path in PATH_ORACLES:
+        shift = 1.0 if path == "flow" else None
         register(ModelSpec(f"gaussian-oracle-{path}", f"The gaussian-oracle mixture on the {path} noise path "
-                           "(exact eps*; continuous time)", load_oracle(8, f"gaussian-oracle-{path}", path)))
+                           "(exact eps*; continuous time)", load_oracle(8, f"gaussian-oracle-{path}", path),
+                           path=path, prediction_type="eps", shift=shift))
         register(ModelSpec(f"gaussian-single-{path}", f"The single Gaussian on the {path} noise path, whose ODE map "
-                           "is exact (bench orders --model)", load_single_gaussian(8, f"gaussian-single-{path}", path)))
+                           "is exact (bench orders --model)", load_single_gaussian(8, f"gaussian-single-{path}", path),
+                           path=path, prediction_type="eps", shift=shift))

@@ -60,7 +60,8 @@ def save_weights(network: nn.Module | dict[str, torch.Tensor], path: str | Path,
     state = network.state_dict() if isinstance(network, nn.Module) else network
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path_kind = (card.get("path") or {}).get("kind", "vp-discrete") if isinstance(card.get("path"), dict) else "vp-discrete"
+    noise_path = card.get("path") if isinstance(card.get("path"), dict) else {}
+    path_kind = str(noise_path.get("kind", "vp-discrete"))
     save_file(state, str(path), metadata={"architecture": str(card.get("architecture", "")), "path": path_kind})
     path.chmod(0o644)  # safetensors writes 0600; shipped files must be readable by everyone
     card_path(path).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")

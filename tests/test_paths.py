@@ -270,3 +270,134 @@ def test_a_flow_time_stepper_on_vp_discrete_is_a_one_line_error(registry):
     spec = registry.samplers["flow-heun"]
     with pytest.raises(UserError, match="vp-discrete"):
         spec.timesteps(NoiseSchedule.linear(1000), 10, spec.resolve_params())
+
+
+# --------------------------------------------------------------------------- diffusers folders on other paths
+
+
+def _tiny_unet(diffusers):
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                 layers_per_block=1, norm_num_groups=8, down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D")).eval()
+
+
+def test_a_flowmatch_folder_loads_as_a_flow_model_and_samples_as_diffusers_does(tmp_path, registry):
+    diffusers = pytest.importorskip("diffusers")
+    from models.diffusers_adapter import load_diffusers
+
+    unet = _tiny_unet(diffusers)
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    unet.save_pretrained(tmp_path / "pipe" / "unet")
+    scheduler.save_pretrained(tmp_path / "pipe" / "scheduler")
+    denoiser = load_diffusers(tmp_path / "pipe")
+    assert (denoiser.schedule.kind, denoiser.info.prediction_type, denoiser.info.shift) == ("flow", "flow", 3.0)
+    denoiser.network.double()  # both sides in float64: the check compares algorithms, not round-off
+    x_ours, times, ours = _states(registry, "euler", denoiser, 6, images=2)
+    unet = unet.double()
+    scheduler.set_timesteps(sigmas=[0.999 - i * (0.998 / 5) for i in range(6)])
+    sample = ours[0][1]
+    with torch.no_grad():
+        for timestep in scheduler.timesteps:
+            sample = scheduler.step(unet(sample, timestep.double()).sample, timestep, sample).prev_sample
+    assert torch.allclose(sample, x_ours, atol=1e-4)
+
+
+def test_an_edm_folder_loads_on_the_ve_path_with_edms_preconditioning(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    from models.diffusers_adapter import load_diffusers
+
+    unet = _tiny_unet(diffusers)
+    scheduler = diffusers.EDMEulerScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5)
+    unet.save_pretrained(tmp_path / "edm" / "unet")
+    scheduler.save_pretrained(tmp_path / "edm" / "scheduler")
+    denoiser = load_diffusers(tmp_path / "edm")
+    assert (denoiser.schedule.kind, denoiser.info.prediction_type) == ("ve", "edm")
+    sigma = torch.tensor([2.0], dtype=torch.float64)
+    x_native = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        model_input = scheduler.precondition_inputs(x_native, sigma.float())
+        output = unet(model_input, scheduler.precondition_noise(sigma.float())).sample
+        denoised = scheduler.precondition_outputs(x_native, output, sigma.float())
+    eps = denoiser(x_native / math.sqrt(1 + 4.0), sigma)
+    assert torch.allclose(eps, (x_native - denoised) / 2.0, atol=1e-5)
+
+
+def test_a_dynamic_shift_flow_config_is_a_one_line_error(tmp_path):
+    from models.diffusers_adapter import path_from_config
+
+    with pytest.raises(UserError, match="use_dynamic_shifting"):
+        path_from_config({"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": True}, tmp_path)
+
+
+# --------------------------------------------------------------------------- cards and the command line
+
+
+def test_a_flow_network_with_a_vp_card_is_refused(tmp_path):
+    import json
+
+    from bench.cli import main
+
+    assert main(["train", "--preset", "smoke-flow", "--out", str(tmp_path / "f.safetensors"), "--checkpoint",
+                 str(tmp_path / "f.ckpt.pt")]) == 0
+    card = json.loads((tmp_path / "f.json").read_text())
+    assert card["path"]["kind"] == "flow" and card["prediction_type"] == "flow"
+    del card["path"]
+    card["prediction_type"] = "v"
+    (tmp_path / "f.json").write_text(json.dumps(card))
+    from models.weights import load_denoiser
+    with pytest.raises(UserError, match="trained on the flow path but their card says vp-discrete"):
+        load_denoiser(tmp_path / "f.safetensors")
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--model", "gaussian-oracle-flow", "--shift", "0"], ["--shift", "> 0"]),
+    (["--model", "gaussian-oracle-flow", "--shift", "nan"], ["--shift"]),
+    (["--model", "gaussian-oracle", "--shift", "3"], ["--shift", "flow models", "vp-discrete"]),
+    (["--model", "gaussian-oracle-flow", "--samplers", "ddpm"], ["ddpm", "continuous time"]),
+    (["--model", "gaussian-oracle-flow", "--samplers", "ddim:plan=leading"], ["leading", "continuous time"]),
+    (["--model", "gaussian-oracle", "--samplers", "flow-heun"], ["flow-heun", "vp-discrete"]),
+    (["--model", "gaussian-oracle", "--samplers", "ddim:plan=flow-sigmas"], ["flow-sigmas", "flow models"]),
+])
+def test_path_mistakes_on_the_command_line_are_one_line_errors_that_write_nothing(tmp_path, capsys, monkeypatch,
+                                                                                   argv, words):
+    from bench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    base = ["run", "--samplers", "ddim", "--steps", "4", "--num-samples", "8", "--metrics", "none", "--quiet",
+            "--out", "r"]
+    assert main([*base, *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and all(w in err[0] for w in words), err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_flow_run_records_its_path_shift_and_prediction_everywhere(tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    from bench.cli import main
+
+    out = tmp_path / "r"
+    assert main(["run", "--model", "gaussian-oracle-flow", "--shift", "3", "--samplers", "ddim", "flow-heun",
+                 "--steps", "5", "--num-samples", "16", "--metrics", "oracle-fd", "--quiet", "--out", str(out)]) == 0
+    rows = pd.read_csv(out / "results.csv")
+    assert set(rows["path"]) == {"flow"} and set(rows["shift"]) == {3.0} and set(rows["status"]) == {"ok"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["shift"] == 3.0 and config["model_info"]["path"] == "flow"
+    assert "on the flow (shift 3) noise path" in (out / "report.md").read_text()
+    first = config["jobs"][0]["timesteps"][0]
+    assert first == pytest.approx(flow_shift(0.999, 3.0))
+
+
+def test_compare_gives_no_paired_interval_across_paths(tmp_path, capsys):
+    from bench.cli import main
+
+    common = ["run", "--samplers", "ddim", "--steps", "5", "--num-samples", "16", "--metrics", "oracle-fd", "--quiet"]
+    assert main([*common, "--model", "gaussian-oracle", "--out", str(tmp_path / "vp")]) == 0
+    assert main([*common, "--model", "gaussian-oracle-flow", "--out", str(tmp_path / "flow")]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "vp"), str(tmp_path / "flow")]) == 0
+    captured = capsys.readouterr()
+    assert "not the same samples" in captured.err and "diff_ci_low" not in captured.out
