@@ -172,6 +172,7 @@ class JobShare:
     paired: list = field(default_factory=list)         # (first image index, rows) for features/<stem>.npy
     metric_states: dict = field(default_factory=dict)  # each working accumulator's shard_state(), by metric name
     metric_errors: dict = field(default_factory=dict)  # metric name -> what it raised (the others are kept)
+    noise_draws: int = 0                                # fresh-noise draws of the scored pass (0: deterministic)
 
 
 def shard_state(name: str, accumulator) -> dict:

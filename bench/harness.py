@@ -204,9 +204,12 @@ def _run_matrix(config, registry, processes, device, denoiser, model_name, num_s
         previous = processes.on_main(lambda: read_results_csv(out_dir / "results.csv").to_dict("records"))
         done = {job_key(r["sampler"], r["steps"], _guidance_of(r)): r for r in previous if r.get("status") == "ok"}
         done = _rows_still_valid(done, jobs, out_dir / "config.json")
+    references, reference_info = _references(config, registry, denoiser, metric_specs, jobs, num_samples,
+                                             batch_size, classes, processes, out_dir)
     run_id = out_dir.name
     if processes.is_main:
         _start_folder(out_dir, resume, {
+        "reference": reference_info,
         "run_id": run_id, "config": dataclasses.replace(config, steps=steps).to_dict(), "model": model_name,
         "num_samples": num_samples, "batch_size": batch_size, "num_timesteps": denoiser.num_timesteps,
         "model_info": denoiser.info.__dict__, "schedule": getattr(denoiser.schedule.config, "__dict__", None),
@@ -219,6 +222,7 @@ def _run_matrix(config, registry, processes, device, denoiser, model_name, num_s
 
     harness = Harness(config, registry, out_dir, denoiser, device, model_name, num_samples, batch_size,
                       metric_specs, run_id, classes, processes)
+    harness.references = references
     quiet = quiet or not processes.is_main
     rows = {job.key: done[job.key] for job in jobs if job.key in done}
     todo = [job for job in jobs if job.key not in done]
@@ -254,6 +258,25 @@ def _run_matrix(config, registry, processes, device, denoiser, model_name, num_s
     processes.barrier()  # the other ranks return once rank 0 has written the folder
     processes.close()
     return out_dir
+
+
+def _references(config, registry, denoiser, metric_specs, jobs, num_samples, batch_size, classes, processes,
+                out_dir: Path) -> tuple[dict, dict | None]:
+    """The reference ODE solutions of this rank's images for each guidance scale, when ref-error is selected
+    (bench.reference); computed once, outside every clock, cached next to the results folder."""
+    if not any(spec.name == "ref-error" for spec in metric_specs):
+        return {}, None
+    from bench.reference import compute_references
+
+    all_batches = [(start, min(start + batch_size, num_samples)) for start in range(0, num_samples, batch_size)]
+    mine = processes.share(all_batches)
+    cache_root = out_dir.resolve().parent if processes.world_size == 1 else None
+    references, info = {}, {}
+    for guidance in dict.fromkeys(job.guidance for job in jobs):
+        refs = compute_references(registry, denoiser, mine, config.seed, num_samples, classes, guidance, cache_root)
+        references[guidance] = refs
+        info[str(guidance)] = refs.info
+    return references, info
 
 
 def _start_folder(out_dir: Path, resume: bool, config: dict) -> None:

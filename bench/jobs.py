@@ -40,8 +40,12 @@ from bench.timing import (
 
 def accepts_labels(update) -> bool:
     """Whether a metric accumulator's update() takes the images' class labels."""
+    return _accepts(update, "labels")
+
+
+def _accepts(update, name: str) -> bool:
     try:
-        return "labels" in inspect.signature(update).parameters
+        return name in inspect.signature(update).parameters
     except (TypeError, ValueError):
         return False
 
@@ -72,12 +76,16 @@ class Harness:
         self.dtype = torch.float32
         self.autocast = autocast_dtype(config.precision, device)
         self.min_timed_s = MIN_TIMED_S
+        self.references: dict = {}  # guidance -> bench.reference.References, for the ref-error metric
+        self.last_noise_draws = 0
 
     def _sample(self, job: Job, counter: CountingDenoiser, start: int, stop: int, callback=None) -> torch.Tensor:
         indices = torch.arange(start, stop)
         noise = batch_noise(self.noise, indices, self.denoiser.image_shape, self.device, self.dtype)
-        return sample(job.choice.spec, job.choice.params, counter, job.timesteps, indices, noise=noise,
-                      classes=self.classes, guidance=job.guidance, callback=callback)
+        samples = sample(job.choice.spec, job.choice.params, counter, job.timesteps, indices, noise=noise,
+                         classes=self.classes, guidance=job.guidance, callback=callback)
+        self.last_noise_draws = noise.draws  # > 0: the sampler drew fresh noise, so it is stochastic
+        return samples
 
     def _trajectory_recorder(self, job: Job) -> tuple[list, object]:
         """A callback for the first timed batch that keeps x_t and predicted x_0 of its first images at 8 steps.
@@ -146,7 +154,7 @@ class Harness:
         accumulators = []
         for spec in self.metric_specs:
             try:
-                accumulator = spec.create(self.denoiser, self._metric_context())
+                accumulator = spec.create(self.denoiser, self._metric_context(job))
             except UserError:
                 raise
             except Exception as exc:  # a broken metric plugin is blamed by name; the other metrics go on
@@ -155,6 +163,7 @@ class Harness:
             if accumulator is not None:
                 accumulators.append((spec.name, accumulator))
         wants_labels = {n: accepts_labels(a.update) for n, a in accumulators}  # inspected once, not per batch
+        wants_indices = {n: _accepts(a.update, "indices") for n, a in accumulators}
         paired = paired_metric([a for _, a in accumulators])
         writer = PairedRowsWriter(self.out_dir, self._file_stem(job), self.num_samples,
                                   in_memory=not self.processes.is_main) if paired else None
@@ -171,12 +180,14 @@ class Harness:
                 if start < self.config.grid_images:
                     share.grid.append((start, samples[: self.config.grid_images - start].detach().cpu()))
                 labels = image_labels(torch.arange(start, stop), self.classes)
+                share.noise_draws += self.last_noise_draws
                 for name, acc in list(accumulators):
                     try:
+                        extra = {"indices": torch.arange(start, stop)} if wants_indices[name] else {}
                         if labels is not None and wants_labels[name]:
-                            acc.update(samples, labels=labels)
+                            acc.update(samples, labels=labels, **extra)
                         else:
-                            acc.update(samples)
+                            acc.update(samples, **extra)
                     except Exception as exc:  # this metric is dropped from the row; the others are kept
                         share.metric_errors[name] = f"update(): {type(exc).__name__}: {exc}"
                         accumulators.remove((name, acc))
@@ -237,9 +248,16 @@ class Harness:
             grid = [images for _, images in sorted((p for s in shares for p in s.grid), key=lambda p: p[0])]
             save_grid(torch.cat(grid)[: self.config.grid_images],
                       self.out_dir / "samples" / f"{self._file_stem(job)}.png")
+        stochastic = any(s.noise_draws for s in shares)
         for name, acc in accumulators:
+            column = getattr(acc, "paired_mean_column", None)
+            if column is not None and stochastic:  # a distance to the ODE solution means nothing for an SDE
+                row[f"{column}_note"] = "stochastic sampler (draws fresh noise): no reference trajectory to compare"
+                continue
             try:
                 row.update(acc.compute())
+                if column is not None:
+                    row[f"{column}_file"] = self._save_per_image(job, column, acc.per_image_values())
             except UserError:
                 raise
             except Exception as exc:
@@ -261,6 +279,18 @@ class Harness:
                             "(its nfe_per_step or nfe() is wrong, or it calls the network more than it says)")
         if messages:
             row["error"] = "; ".join(messages)
+
+    def _save_per_image(self, job: Job, column: str, values) -> str:
+        """features/<stem>.<column>.npy: a metric's per-image values, for paired mean differences (bench.paired)."""
+        import numpy as np
+
+        from bench.folder import subfolder
+        folder = subfolder(self.out_dir, "features")
+        name = f"{self._file_stem(job)}.{column}.npy"
+        tmp = folder / f"{self._file_stem(job)}.{column}.tmp.npy"
+        np.save(tmp, np.asarray(values, dtype=np.float64))
+        tmp.replace(folder / name)
+        return f"features/{name}"
 
     def batches(self) -> list[tuple[int, int]]:
         """(start, stop) of every batch of images, the same whatever the number of processes."""
@@ -287,9 +317,10 @@ class Harness:
         guided = "" if job.guidance is None else f"-w{job.guidance:g}"
         return f"{slug(job.choice.label)}-{job.steps}{guided}"
 
-    def _metric_context(self) -> dict:
+    def _metric_context(self, job: Job | None = None) -> dict:
         return {"num_samples": self.num_samples, "device": str(self.device), "seed": self.config.seed,
-                "fid_weights": self.config.fid_weights, "bootstrap": self.config.bootstrap}
+                "fid_weights": self.config.fid_weights, "bootstrap": self.config.bootstrap,
+                "references": self.references, "guidance": None if job is None else job.guidance}
 
     def _check(self, samples, expected_rows: int) -> None:
         shape = (expected_rows, *self.denoiser.image_shape)

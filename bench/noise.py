@@ -113,9 +113,11 @@ class StepNoise:
         self.dtype = dtype
         self._block_start = None
         self._block: torch.Tensor | None = None
+        self.draws = 0  # fresh-noise draws the sampler made: > 0 means it is stochastic (bench.jobs, ref-error)
 
     def __call__(self, step: int) -> torch.Tensor:
         """Noise for loop index `step` (0 for the first step) of this batch."""
+        self.draws += 1
         if self._block is None or not self._block_start <= step < self._block_start + STEP_BLOCK:
             self._block_start = step
             steps = list(range(step, step + STEP_BLOCK))

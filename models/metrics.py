@@ -303,6 +303,56 @@ def create_cond_acc(denoiser, context: dict) -> ClassAccuracy | None:
     return ClassAccuracy(classifier_labels(dataset, context.get("device", "cpu")))
 
 
+class RefError:
+    """Root-mean-square per-pixel distance of each image's sample to its reference ODE solution (bench.reference),
+    averaged over images (`ref_rmse`), with a 95% bootstrap interval drawn with the same resampled image indices
+    as FID's (so paired differences line up). Stochastic samplers get no value (bench.jobs blanks it)."""
+
+    paired_mean_column = "ref_rmse"  # bench.jobs saves per_image_values() for paired mean differences
+
+    def __init__(self, references, bootstrap: int, seed: int):
+        self.references = references
+        self.bootstrap = bootstrap
+        self.seed = seed
+        self.errors: dict[int, float] = {}
+
+    def update(self, samples: torch.Tensor, indices: torch.Tensor) -> None:
+        """Each image's RMS distance to its reference (float64)."""
+        start = int(indices[0])
+        reference = self.references.for_images(start, len(indices)).to(samples.device, torch.float64)
+        rms = (samples.to(torch.float64) - reference).reshape(len(indices), -1).pow(2).mean(1).sqrt()
+        self.errors.update(zip(indices.tolist(), rms.cpu().tolist()))
+
+    def shard_state(self) -> dict:
+        return {"errors": dict(self.errors)}
+
+    def merge_shards(self, states: list[dict]) -> None:
+        self.errors = {}
+        for state in states:
+            self.errors.update(state["errors"])
+
+    def per_image_values(self) -> np.ndarray:
+        """The per-image errors in image order (features/<stem>.ref_rmse.npy)."""
+        return np.array([self.errors[i] for i in sorted(self.errors)], dtype=np.float64)
+
+    def compute(self) -> dict[str, float]:
+        values = torch.from_numpy(self.per_image_values())
+        mean = float(values.mean())
+        low = high = math.nan
+        if self.bootstrap > 0 and len(values) > 1:
+            counts = resample_counts(len(values), self.bootstrap, self.seed)
+            low, high = shifted_interval(mean, counts @ values / len(values))
+        return {"ref_rmse": mean, "ref_rmse_ci_low": low, "ref_rmse_ci_high": high}
+
+
+def create_ref_error(denoiser, context: dict) -> RefError | None:
+    """ref-error when the harness computed reference solutions for this run (deterministic ODE samplers)."""
+    references = (context.get("references") or {}).get(context.get("guidance"))
+    if references is None:
+        return None
+    return RefError(references, int(context.get("bootstrap", 200)), int(context.get("seed", 0)))
+
+
 @hookimpl
 def register_metrics(register):
     register(MetricSpec("fid", "FID in the dataset's classifier feature space (Inception-v3 with --fid-weights "
@@ -311,5 +361,9 @@ def register_metrics(register):
     register(MetricSpec("oracle-fd", "Exact Fréchet distance between samples and the Gaussian-mixture "
                         "oracle's true distribution, plus max mean and per-pixel variance errors",
                         create_oracle_fd))
+    register(MetricSpec("ref-error", "Distance to the exact trajectory: RMS per-pixel distance of each image to the "
+                        "probability-flow ODE solution from the same x_T (DPM-Solver++(3M), 500 steps; exact on the "
+                        "single-Gaussian oracle), with 95% bootstrap CI; empty for stochastic samplers",
+                        create_ref_error))
     register(MetricSpec("cond-acc", "Share of class-conditional samples that the dataset's shipped classifier "
                         "(the oracle's Bayes classifier) assigns to the requested class", create_cond_acc))
