@@ -135,6 +135,11 @@ def check_saved_rows(out_dir: Path, df: pd.DataFrame) -> None:
     """Read every per-image file the folder's rows name (and the reference) once, so a pickle, a path out of
     features/ or a malformed array is a UserError before the report writes anything."""
     reference = load_reference(out_dir)
+    for column in MEAN_COLUMNS:
+        for name in df[f"{column}_file"].dropna() if f"{column}_file" in df.columns else []:
+            path = feature_file(out_dir, name, f"{column}_file")
+            if path.is_file():
+                load_array(path)
     if "features_file" not in df.columns:
         return
     for name in df["features_file"].dropna():
@@ -248,6 +253,51 @@ def paired_table(out_dir: Path, df: pd.DataFrame, resamples: int = RESAMPLES, se
     return pd.DataFrame(lines, columns=columns)
 
 
+MEAN_COLUMNS = ("ref_rmse",)  # per-image means (bench.jobs saves features/<stem>.<column>.npy): paired by image
+
+
+def paired_mean_table(out_dir: Path, df: pd.DataFrame, column: str, resamples: int = RESAMPLES,
+                      seed: int = 0) -> pd.DataFrame:
+    """Paired differences of a per-image mean (ref_rmse) between ok rows at the same NFE and guidance: the
+    difference of means, a paired bootstrap interval (the same resampled image indices for both rows, as FID's
+    interval draws them) and the unpaired one (resample r against r + 1) for contrast."""
+    columns = ["nfe", "guidance", "a", "b", "column", "diff", "paired_low", "paired_high", "unpaired_low",
+               "unpaired_high", "width_ratio", "significant", "same_samples"]
+    file_column = f"{column}_file"
+    if file_column not in df.columns or column not in df.columns:
+        return pd.DataFrame(columns=columns)
+    ok = df[(df["status"] == "ok") & df[column].notna() & df[file_column].notna()]
+    ok = ok.assign(guidance=pd.to_numeric(ok["guidance"], errors="coerce") if "guidance" in ok else math.nan)
+    lines, counts = [], None
+    for (nfe, guidance), group in ok.groupby(["nfe", ok["guidance"].fillna(-1.0)], sort=True):
+        if len(group) < 2:
+            continue
+        values = {}
+        for _, r in group.sort_values(column).iterrows():
+            array = load_array(feature_file(out_dir, r[file_column], file_column)).astype(np.float64)
+            if array.ndim != 1 or not np.isfinite(array).all():
+                raise UserError(f"{feature_file(out_dir, r[file_column], file_column)}: expected a finite vector")
+            values[_label(r)] = torch.from_numpy(array)
+        sizes = {len(v) for v in values.values()}
+        if len(sizes) != 1:
+            continue
+        n = sizes.pop()
+        counts = resample_counts(n, resamples, seed) if counts is None or counts.shape[1] != n else counts
+        means = {k: counts @ v / n for k, v in values.items()}
+        for a, b in itertools.combinations(values, 2):
+            diff = float(values[a].mean() - values[b].mean())
+            paired = shifted_interval(diff, means[a] - means[b])
+            unpaired = shifted_interval(diff, means[a] - means[b].roll(1))
+            width = (unpaired[1] - unpaired[0])
+            same = bool(torch.allclose(values[a], values[b], rtol=1e-6, atol=1e-9))
+            lines.append({"nfe": nfe, "guidance": None if guidance == -1.0 else guidance, "a": a, "b": b,
+                          "column": column, "diff": diff, "paired_low": paired[0], "paired_high": paired[1],
+                          "unpaired_low": unpaired[0], "unpaired_high": unpaired[1],
+                          "width_ratio": (paired[1] - paired[0]) / width if width > 0 else math.nan,
+                          "significant": (paired[0] > 0 or paired[1] < 0) and not same, "same_samples": same})
+    return pd.DataFrame(lines, columns=columns)
+
+
 def paired_sentences(table: pd.DataFrame) -> list[str]:
     """Plain lines for the report: each difference, its paired 95% interval, and whether it is significant."""
     if table.empty:
@@ -268,6 +318,9 @@ def paired_report(out_dir: Path, df: pd.DataFrame, config: dict) -> list[str]:
     settings = config.get("config", {}) if isinstance(config, dict) else {}
     resamples = int(settings.get("bootstrap") or RESAMPLES)
     table = paired_table(out_dir, df, resamples=resamples, seed=int(settings.get("seed") or 0))
+    for column in MEAN_COLUMNS:
+        extra = paired_mean_table(out_dir, df, column, resamples=resamples, seed=int(settings.get("seed") or 0))
+        table = extra if table.empty else (table if extra.empty else pd.concat([table, extra], ignore_index=True))
     if table.empty:
         stale = Path(out_dir) / "paired.csv"
         if stale.is_file() and not stale.is_symlink():  # pairs of an earlier report that no longer hold
@@ -281,7 +334,7 @@ def paired_report(out_dir: Path, df: pd.DataFrame, config: dict) -> list[str]:
                "one (median); it is narrowest between samplers whose samples stay close (deterministic ones), and "
                "about as wide between a deterministic and a stochastic sampler.") if len(narrower) else ""
     guided = "guidance" in df and pd.to_numeric(df["guidance"], errors="coerce").notna().any()
-    best = table.groupby(["nfe", table["guidance"].fillna(-1.0)], sort=False)["a"].transform("first")
+    best = table.groupby(["column", "nfe", table["guidance"].fillna(-1.0)], sort=False)["a"].transform("first")
     shown = table[table["a"] == best]  # the best configuration at each NFE against every other one there
     return [f"Differences between configurations at the same NFE{' and guidance' if guided else ''}, "
             f"with 95% paired bootstrap intervals ({resamples} resamples of the image indices, the same for both "

@@ -17,7 +17,7 @@ from bench.folder import refuse_links, subfolder
 QUALITY_COLUMNS = (("fid", "FID"), ("oracle_fd", "Fréchet distance to the exact distribution"))
 TABLE_COLUMNS = ["sampler", "steps", "nfe", "wall_s", "s_per_image", "ms_per_nfe", "overhead_frac", "peak_mem_mb",
                  "fid", "fid_ci_low", "fid_ci_high", "fid_floor", "kid", "prc_precision", "prc_recall", "cond_acc",
-                 "oracle_fd", "timing_spread", "busy", "status"]
+                 "oracle_fd", "ref_rmse", "timing_spread", "busy", "status"]
 
 
 KEY_COLUMNS = ("sampler", "steps", "status")  # what every results.csv row has, whatever ran
@@ -290,6 +290,73 @@ def _plots(df: pd.DataFrame, quality: str | None, label: str, out_dir: Path) -> 
 COND_ACC_LABEL = "cond_acc (share classified as their label)"
 
 
+REF_LABEL = "ref_rmse (RMS distance to the ODE solution from the same x_T)"
+
+
+def ref_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """ok rows with a ref_rmse (deterministic samplers when ref-error ran)."""
+    if "ref_rmse" not in df.columns:
+        return df.iloc[0:0]
+    return df[(df["status"] == "ok") & df["ref_rmse"].notna()]
+
+
+def ref_plot(df: pd.DataFrame, out_dir: Path) -> list[str]:
+    """ref_rmse against NFE, log-log, with 95% bootstrap CI bands (up to MAX_BANDED_SAMPLERS samplers)."""
+    rows = ref_rows(df)
+    if rows.empty:
+        return []
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sns.lineplot(data=rows, x="nfe", y="ref_rmse", hue="sampler", marker="o", ax=ax)
+    if rows["sampler"].nunique() <= MAX_BANDED_SAMPLERS and {"ref_rmse_ci_low", "ref_rmse_ci_high"} <= set(rows):
+        palette = dict(zip(rows["sampler"].unique(), sns.color_palette(n_colors=rows["sampler"].nunique())))
+        for name, group in rows.sort_values("nfe").groupby("sampler"):
+            ax.fill_between(group["nfe"], group["ref_rmse_ci_low"], group["ref_rmse_ci_high"], alpha=0.15,
+                            color=palette[name])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("network calls per image (NFE, log scale)")
+    ax.set_ylabel("ref_rmse (log scale)")
+    ax.set_title("Distance to the exact trajectory against NFE (deterministic samplers)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(subfolder(out_dir, "plots") / "ref_rmse_vs_nfe.png", dpi=120)
+    plt.close(fig)
+    return ["plots/ref_rmse_vs_nfe.png"]
+
+
+def empirical_orders(df: pd.DataFrame) -> list[str]:
+    """Each deterministic sampler's empirical order on this model: minus the slope of log ref_rmse against log NFE
+    over the run's step grid (least squares; two or more NFE values)."""
+    lines = []
+    for name, group in ref_rows(df).groupby("sampler", sort=False):
+        group = group[(group["ref_rmse"] > 0) & (group["nfe"] > 0)]
+        if group["nfe"].nunique() < 2:
+            continue
+        x, y = [math.log(v) for v in group["nfe"]], [math.log(v) for v in group["ref_rmse"]]
+        mx, my = sum(x) / len(x), sum(y) / len(y)
+        slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
+        lines.append(f"{name}: order {-slope:.2f} over NFE {int(min(group['nfe']))}-{int(max(group['nfe']))} "
+                     f"(ref_rmse {group['ref_rmse'].iloc[0]:.3g} to {group['ref_rmse'].iloc[-1]:.3g})")
+    return lines
+
+
+def ref_notes(df: pd.DataFrame) -> list[str]:
+    """Why some rows have no ref_rmse (stochastic samplers)."""
+    if "ref_rmse_note" not in df.columns:
+        return []
+    noted = df[df["ref_rmse_note"].notna()]
+    names = list(dict.fromkeys(noted["sampler"]))
+    if not names:
+        return []
+    return [f"No ref_rmse for {', '.join(names)}: {noted['ref_rmse_note'].iloc[0]}; their distance to one ODE "
+            "solution would not be comparable with the deterministic samplers'."]
+
+
 def has_guidance_sweep(df: pd.DataFrame) -> bool:
     """Whether the run compared more than one guidance scale."""
     ok = df[df["status"] == "ok"]
@@ -450,8 +517,11 @@ def build_report(out_dir: Path) -> Path:
     paired = paired_report(out_dir, df, config)  # reads (and checks) every saved array first; writes paired.csv
     infinity = fid_infinity_lines(out_dir, df)
     quality, label = quality_column(df)
-    plots = _plots(df, quality, label, out_dir) + guidance_plots(df, out_dir)
+    plots = _plots(df, quality, label, out_dir) + ref_plot(df, out_dir) + guidance_plots(df, out_dir)
     sentences = budget_sentences(df, quality, label) + guidance_sentences(df)
+    ref_sentences = budget_sentences(ref_rows(df), "ref_rmse", REF_LABEL) if not ref_rows(df).empty else []
+    ref_sentences = [line for line in ref_sentences if not line.startswith("The floor")]
+    orders, notes = empirical_orders(df), ref_notes(df)
     table = df[[c for c in TABLE_COLUMNS if c in df.columns]]
     failed = df[df["status"] != "ok"]
     info = config.get("model_info") if isinstance(config.get("model_info"), dict) else {}
@@ -467,6 +537,12 @@ def build_report(out_dir: Path) -> Path:
     md = [f"# sampler-bench report: {md_escape(out_dir.name)}", "", md_escape(header), "",
           "## Which sampler at which budget", ""]
     md += [f"- {md_escape(s)}" for s in sentences]
+    if ref_sentences or notes:
+        md += ["", "## Which sampler at which budget, by distance to the exact trajectory", ""]
+        md += [f"- {md_escape(s)}" for s in ref_sentences + notes]
+    if orders:
+        md += ["", "## Empirical order on this model", "", "Minus the slope of log ref_rmse against log NFE over "
+               "this run's step grid.", ""] + [f"- {md_escape(s)}" for s in orders]
     if warnings:
         md += ["", "## Timing warnings", "", "Wall times below were measured while the machine was busy or varied "
                "widely between batches; compare them with care (medians over batches, spread in the table).", ""]
@@ -498,6 +574,11 @@ def build_report(out_dir: Path) -> Path:
 
     body = [f"<h1>sampler-bench report: {esc(out_dir.name)}</h1>", f"<p>{bold(header)}</p>",
             "<h2>Which sampler at which budget</h2><ul>"] + [f"<li>{bold(s)}</li>" for s in sentences] + ["</ul>"]
+    if ref_sentences or notes:
+        body += ["<h2>Which sampler at which budget, by distance to the exact trajectory</h2><ul>"]
+        body += [f"<li>{bold(s)}</li>" for s in ref_sentences + notes] + ["</ul>"]
+    if orders:
+        body += ["<h2>Empirical order on this model</h2><ul>"] + [f"<li>{esc(s)}</li>" for s in orders] + ["</ul>"]
     if warnings:
         body += ["<h2>Timing warnings</h2><ul>"] + [f"<li>{esc(w)}</li>" for w in warnings] + ["</ul>"]
     if paired:
