@@ -19,7 +19,7 @@ from pathlib import Path
 from bench.config import DEFAULT_STEPS, PRECISIONS, RunConfig
 from bench.errors import UserError
 
-EXTRA_COMMANDS = ("models.train", "models.features", "bench.orders")  # each has add_subparser(subparsers)
+EXTRA_COMMANDS = ("models.train", "models.features", "bench.orders", "bench.tune")  # each has add_subparser(subparsers)
 
 
 def _registry(args, files: tuple[str, ...] | None = None):

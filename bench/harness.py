@@ -174,6 +174,8 @@ def run_benchmark(config: RunConfig, registry: Registry, out: str | None = None,
     classes = validate_classes(config.classes, denoiser.num_classes)
     guidance = validate_guidance(config.guidance, denoiser.num_classes)
     jobs = plan_jobs(choices, steps, denoiser.schedule, guidance)
+    from bench.tune import check_plan_files_for
+    check_plan_files_for(jobs, denoiser)
     out_dir, created = processes.on_main(lambda: _take_folder(out, results_root, model_name, resume, force))
     try:
         return _run_matrix(config, registry, processes, device, denoiser, model_name, num_samples, batch_size,

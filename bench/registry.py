@@ -11,6 +11,7 @@ from typing import Any
 from bench.errors import UserError
 from bench.plans import make_plan, sections_plan
 
+PLAN_FILE_PREFIX = "file:"  # plan=file:PLAN.json: a plan written by `bench tune-plan`
 PLAN_PARAMS = ("plan", "sections", "rho")  # parameters that choose timesteps rather than reach the sampler
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -61,6 +62,8 @@ class Param:
                 value = str(value)
         except (TypeError, ValueError, OverflowError):
             raise UserError(f"parameter {name}={value!r} is not a valid {kind.__name__}") from None
+        if name == "plan" and isinstance(value, str) and value.startswith(PLAN_FILE_PREFIX):
+            return value  # a tuned plan file (bench.tune), checked when the plan is made
         if self.choices is not None and value not in self.choices:
             raise UserError(f"parameter {name}={value!r} must be one of {', '.join(map(str, self.choices))}")
         if kind in (int, float):
@@ -155,6 +158,9 @@ class SamplerSpec:
             if steps is not None and steps != len(timesteps):
                 raise UserError(f"{self.name}: sections {params['sections']!r} give {len(timesteps)} steps, "
                                 f"not {steps}")
+        elif plan.startswith(PLAN_FILE_PREFIX):
+            from bench.tune import plan_from_file
+            timesteps = plan_from_file(plan[len(PLAN_FILE_PREFIX):], self.name, schedule_or_T, steps)
         else:
             timesteps = make_plan(plan, schedule_or_T, steps, rho=params.get("rho"))
         if self.check is not None:
