@@ -50,3 +50,19 @@ def all_configurations(registry):
     out += [(p.name, registry.samplers[p.sampler], registry.samplers[p.sampler].resolve_params(p.params))
             for p in registry.presets.values()]
     return out
+
+
+_PATH_ORACLES: dict = {}
+
+
+def oracle_for(spec, oracle):
+    """The oracle itself, or, for a sampler restricted to continuous paths (flow-heun), the same mixture on the
+    first path it runs on: conformance tests run every registered sampler where it can run."""
+    if spec.paths is None or "vp-discrete" in spec.paths:
+        return oracle
+    kind = spec.paths[0]
+    if kind not in _PATH_ORACLES:
+        from bench.paths import PathConfig, make_path
+        from models.oracle import OracleDenoiser
+        _PATH_ORACLES[kind] = OracleDenoiser(oracle.mixture, make_path(PathConfig(kind)))
+    return _PATH_ORACLES[kind]

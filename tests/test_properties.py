@@ -20,7 +20,7 @@ from bench.plans import PLANS, SCHEDULE_PLANS, make_plan
 from bench.plugins import load_registry
 from bench.registry import MetricSpec, ModelSpec
 from bench.schedule import NoiseSchedule
-from tests.helpers import all_configurations, run_sampler
+from tests.helpers import all_configurations, oracle_for, run_sampler
 
 T = 1000
 STEP_PLANS = [name for name in PLANS if name not in ("full", "flow-sigmas")]  # flow-sigmas: flow paths only
@@ -123,6 +123,7 @@ CALLBACK_DEVIATIONS = {"unipc": "reports the corrected x with x0 from the eps of
                  and params.get("s_churn", 1) > 0 else [])
     for label, spec, params in all_configurations(load_registry())])
 def test_the_callbacks_x0_is_x0_from_eps_at_the_current_timestep(spec, params, oracle):
+    oracle = oracle_for(spec, oracle)
     states = []
     steps = spec.fixed_steps(oracle.num_timesteps, params) or 8
     run_sampler(spec, params, oracle, None if spec.fixed_steps(oracle.num_timesteps, params) else steps, range(4),

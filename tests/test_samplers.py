@@ -8,7 +8,7 @@ import torch
 from bench.measure import CountingDenoiser
 from bench.noise import NoiseSource, StepNoise
 from bench.plugins import load_registry
-from tests.helpers import all_configurations, run_sampler
+from tests.helpers import all_configurations, oracle_for, run_sampler
 
 CONFIGS = all_configurations(load_registry())
 IDS = [c[0] for c in CONFIGS]
@@ -21,6 +21,7 @@ def _steps(spec, params, steps):
 
 @pytest.mark.parametrize("label,spec,params", CONFIGS, ids=IDS)
 def test_conformance_shape_finite_deterministic_and_exact_nfe(label, spec, params, oracle):
+    oracle = oracle_for(spec, oracle)
     counter = CountingDenoiser(oracle)
     x, timesteps = run_sampler(spec, params, counter, _steps(spec, params, 7), torch.arange(6))
     assert x.shape == (6, *oracle.image_shape)
@@ -32,6 +33,7 @@ def test_conformance_shape_finite_deterministic_and_exact_nfe(label, spec, param
 
 @pytest.mark.parametrize("label,spec,params", CONFIGS, ids=IDS)
 def test_conformance_moments_match_the_oracle_at_many_steps(label, spec, params, oracle):
+    oracle = oracle_for(spec, oracle)
     n = 1000
     x, _ = run_sampler(spec, params, oracle, _steps(spec, params, 250), torch.arange(n))
     flat = x.view(n, -1).double()
@@ -45,6 +47,7 @@ def test_conformance_moments_match_the_oracle_at_many_steps(label, spec, params,
 @pytest.mark.parametrize("label,spec,params", CONFIGS, ids=IDS)
 def test_last_step_adds_no_noise(label, spec, params, oracle):
     """Noise for the last loop index is NaN: a sampler that uses it returns NaN."""
+    oracle = oracle_for(spec, oracle)
     _assert_last_step_adds_no_noise(spec, params, oracle)
 
 
@@ -70,6 +73,7 @@ def _assert_last_step_adds_no_noise(spec, params, oracle):
 
 @pytest.mark.parametrize("label,spec,params", CONFIGS, ids=IDS)
 def test_an_image_does_not_depend_on_the_batch_it_is_in(label, spec, params, oracle):
+    oracle = oracle_for(spec, oracle)
     whole, _ = run_sampler(spec, params, oracle, _steps(spec, params, 6), torch.arange(10))
     part, _ = run_sampler(spec, params, oracle, _steps(spec, params, 6), torch.arange(7, 10))
     assert torch.allclose(whole[7:], part, atol=1e-5)
@@ -77,6 +81,7 @@ def test_an_image_does_not_depend_on_the_batch_it_is_in(label, spec, params, ora
 
 @pytest.mark.parametrize("label,spec,params", CONFIGS, ids=IDS)
 def test_callback_sees_every_step_with_x_t_and_predicted_x0(label, spec, params, oracle):
+    oracle = oracle_for(spec, oracle)
     seen = []
     _, timesteps = run_sampler(spec, params, oracle, _steps(spec, params, 4), torch.arange(2),
                                callback=lambda s: seen.append((s["t"], s["x"].shape, s["x0"].shape)))
