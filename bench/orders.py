@@ -64,6 +64,7 @@ ORDER_CASES: tuple[OrderCase, ...] = (
     OrderCase("plms", "plms", 4),  # the Adams-Bashforth order of its weights; equal-step weights as iPNDM
     OrderCase("flow-heun", "flow-heun", 2),          # in the path's own time: continuous paths only
     OrderCase("flow-midpoint", "flow-midpoint", 2),
+    OrderCase("lms", "lms", 4),  # k-diffusion's LMS: Adams-Bashforth in EDM sigma on the actual (unequal) steps
     # more solvers: add OrderCase rows above this line
 )
 

@@ -187,6 +187,67 @@ def discrete_plan(num_timesteps: int, num_steps: int) -> list[int]:
     return uniform_plan(num_timesteps, num_steps)
 
 
+
+# ComfyUI's schedulers (comfy/samplers.py) and k-diffusion's sigma schedules, as plans of trained timesteps.
+# ComfyUI evaluates a discrete model at fractional timesteps (log-sigma interpolation); here, as for every plan,
+# times are rounded to trained timesteps (`distinct_timesteps`), so exactly N distinct ones are visited.
+
+def exponential_plan(schedule: NoiseSchedule, num_steps: int) -> list[int]:
+    """k-diffusion's get_sigmas_exponential (ComfyUI's and A1111's 'exponential'): sigma uniform in log between
+    sigma(T-1) and sigma(0). Uniform in log sigma is uniform in lambda = -log sigma, so these are exactly the
+    logSNR plan's times (`logsnr_times`), under k-diffusion's name."""
+    return logsnr_plan(schedule, num_steps)
+
+
+def beta_times(num_timesteps: int, num_steps: int, alpha: float = 0.6, beta: float = 0.6) -> list[float]:
+    """ComfyUI's beta_scheduler (Lee et al. 2024, "Beta Sampling is All You Need"): t_i = (T-1) F^-1(1 - i/N),
+    i = 0..N-1, with F the Beta(alpha, beta) CDF; t_0 = T-1 and the last time is (T-1) F^-1(1/N), above 0."""
+    from scipy.special import betaincinv
+
+    quantiles = [1 - i / num_steps for i in range(num_steps)]
+    return [(num_timesteps - 1) * float(q) for q in betaincinv(alpha, beta, quantiles)]
+
+
+def beta_plan(num_timesteps: int, num_steps: int) -> list[int]:
+    """ComfyUI's 'beta' (alpha = beta = 0.6) rounded to distinct timesteps. ComfyUI rounds with numpy's rint and
+    drops repeated timesteps, so it can run fewer steps than asked; here a colliding step moves up instead."""
+    _validate(num_timesteps, num_steps)
+    return distinct_timesteps(beta_times(num_timesteps, num_steps), num_timesteps)
+
+
+def kl_optimal_times(schedule: NoiseSchedule, num_steps: int) -> list[float]:
+    """The KL-optimal schedule of Align Your Steps (Sabour et al. 2024), ComfyUI's 'kl_optimal':
+    sigma_i = tan((1 - i/(N-1)) arctan(sigma_max) + i/(N-1) arctan(sigma_min)), sigma(T-1) down to sigma(0)."""
+    last = schedule.num_timesteps - 1
+    if num_steps == 1:
+        return [float(last)]
+    top, bottom = math.atan(schedule.sigma_at(last)), math.atan(schedule.sigma_at(0))
+    inner = [math.tan(top + i / (num_steps - 1) * (bottom - top)) for i in range(1, num_steps - 1)]
+    return [float(last)] + [schedule.t_from_sigma(s) for s in inner] + [0.0]
+
+
+def kl_optimal_plan(schedule: NoiseSchedule, num_steps: int) -> list[int]:
+    """Align Your Steps' KL-optimal sigmas (float64 here, float32 in ComfyUI), rounded to distinct timesteps."""
+    _validate(schedule.num_timesteps, num_steps)
+    return distinct_timesteps(kl_optimal_times(schedule, num_steps), schedule.num_timesteps)
+
+
+def sgm_uniform_plan(num_timesteps: int, num_steps: int) -> list[int]:
+    """ComfyUI's 'sgm_uniform' (normal_scheduler with sgm=True, as Stability's generative-models): N + 1 times
+    evenly spaced from T-1 to 0 with the last dropped, t_i = (T-1)(1 - i/N); the final step jumps to clean data
+    from (T-1)/N, never visiting t = 0 (unlike 'normal', our 'linspace'). Rounded to distinct timesteps."""
+    _validate(num_timesteps, num_steps)
+    return distinct_timesteps([(num_timesteps - 1) * (1 - i / num_steps) for i in range(num_steps)], num_timesteps)
+
+
+def simple_plan(num_timesteps: int, num_steps: int) -> list[int]:
+    """ComfyUI's 'simple' scheduler: every (T/N)-th trained timestep down from the top, t_i = T-1 - int(i * (T/N))
+    in ComfyUI's float arithmetic; ends at ceil(T/N) - 1, never visiting t = 0. Distinct since T/N >= 1."""
+    _validate(num_timesteps, num_steps)
+    stride = num_timesteps / num_steps
+    return [num_timesteps - 1 - int(i * stride) for i in range(num_steps)]
+
+
 # --------------------------------------------------------------------------- continuous-time paths
 
 
@@ -277,8 +338,14 @@ PLANS: dict[str, Callable[..., list[int]]] = {
     "karras": karras_plan,
     "discrete": discrete_plan,
     "flow-sigmas": flow_sigmas,
+    "exponential": exponential_plan,
+    "beta": beta_plan,
+    "kl_optimal": kl_optimal_plan,
+    "sgm_uniform": sgm_uniform_plan,
+    "simple": simple_plan,
 }
-SCHEDULE_PLANS = ("logsnr", "karras")  # plans that read alpha_bar and so need the NoiseSchedule
+# plans that read alpha_bar and so need the NoiseSchedule
+SCHEDULE_PLANS = ("logsnr", "karras", "exponential", "kl_optimal")
 PLAN_OPTIONS = {"karras": ("rho",)}    # plan parameters, consumed here and never passed to samplers
 
 

@@ -73,7 +73,8 @@ def test_resume_from_another_preset_is_refused(tmp_path):
 
 def test_unknown_preset_lists_the_presets():
     args = parse("--preset", "imagenet")
-    presets = "digits, digits-cond, fashion-mnist, fashion-mnist-cond, fashion-mnist-context, smoke"
+    presets = ("digits, digits-cond, fashion-mnist, fashion-mnist-cond, fashion-mnist-context, digits-flow, "
+               "smoke-flow, smoke")
     with pytest.raises(UserError, match=presets):
         args.func(args)
 
