@@ -237,7 +237,8 @@ def sgm_uniform_plan(num_timesteps: int, num_steps: int) -> list[int]:
     evenly spaced from T-1 to 0 with the last dropped, t_i = (T-1)(1 - i/N); the final step jumps to clean data
     from (T-1)/N, never visiting t = 0 (unlike 'normal', our 'linspace'). Rounded to distinct timesteps."""
     _validate(num_timesteps, num_steps)
-    return distinct_timesteps([(num_timesteps - 1) * (1 - i / num_steps) for i in range(num_steps)], num_timesteps)
+    times = [(num_timesteps - 1) * (num_steps - i) / num_steps for i in range(num_steps)]  # one rounding: ties stay
+    return distinct_timesteps(times, num_timesteps)
 
 
 def simple_plan(num_timesteps: int, num_steps: int) -> list[int]:
