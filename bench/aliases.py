@@ -19,8 +19,12 @@ results row keeps the name typed. Where the tools differ from what runs here, th
 
 from __future__ import annotations
 
+import re
+
 from bench.errors import UserError
 from bench.registry import closest
+
+COMFY_COMBINATION = re.compile(r"[a-z0-9_]+\+[a-z0-9_]+")  # ComfyUI's names; A1111's have capitals and spaces
 
 # ComfyUI's KSampler sampler names (comfy/samplers.py, KSAMPLER_NAMES + ddim, uni_pc, uni_pc_bh2) -> configuration.
 COMFY_SAMPLERS: dict[str, str] = {
@@ -117,7 +121,7 @@ def resolve_alias(name: str, registered=()) -> str | None:
         return ALIASES[name]
     if name in registered:
         return None
-    if "+" in name:
+    if COMFY_COMBINATION.fullmatch(name):
         sampler, _, scheduler = name.partition("+")
         if sampler in COMFY_UNSUPPORTED or scheduler in COMFY_UNSUPPORTED:
             which = sampler if sampler in COMFY_UNSUPPORTED else scheduler

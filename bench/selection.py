@@ -70,7 +70,10 @@ def parse_params(text: str) -> dict[str, str]:
 
 
 def resolve_samplers(items: tuple[str, ...] | list[str], registry: Registry) -> list[SamplerChoice]:
-    """Expand 'all', presets and 'name:param=value' items into sampler configurations."""
+    """Expand 'all', presets, ComfyUI/A1111 aliases (bench.aliases) and 'name:param=value' items into sampler
+    configurations. An alias's row keeps the name typed, e.g. 'DPM++ 2M Karras' or 'dpmpp_2m_sde+karras'."""
+    from bench.aliases import resolve_alias, suggestion
+
     choices: list[SamplerChoice] = []
     for item in items:
         for part in [item] if ":" in item else [p for p in item.split(",") if p]:
@@ -80,13 +83,20 @@ def resolve_samplers(items: tuple[str, ...] | list[str], registry: Registry) -> 
                 choices += every_configuration(registry)
                 continue
             overrides = parse_params(param_text)
-            if name in registry.presets:
-                preset = registry.presets[name]
+            alias = resolve_alias(name, {*registry.samplers, *registry.presets})
+            target, _, alias_text = (alias or name).partition(":")
+            given = {**parse_params(alias_text), **overrides}  # what the user adds to an alias wins
+            if target in registry.presets:
+                preset = registry.presets[target]
                 spec = registry.samplers[preset.sampler]
-                params = spec.resolve_params({**preset.params, **overrides})
+                params = spec.resolve_params({**preset.params, **given})
+            elif target not in registry.samplers and not closest(target, [*registry.samplers, *registry.presets]) \
+                    and suggestion(target):  # nothing registered is close, but an alias is
+                raise UserError(f"unknown sampler {target!r}.{suggestion(target)} (a ComfyUI or A1111 name; "
+                                "`python -m bench list` shows them all)")
             else:
-                spec = registry.sampler(name)
-                params = spec.resolve_params(overrides)
+                spec = registry.sampler(target)
+                params = spec.resolve_params(given)
             label = name if not overrides else f"{name}:{','.join(f'{k}={v}' for k, v in overrides.items())}"
             choices.append(SamplerChoice(label, spec, params))
     unique: dict[str, SamplerChoice] = {}
