@@ -139,6 +139,7 @@ def resolve_alias(name: str, registered=()) -> str | None:
     return None
 
 
-def suggestion(name: str) -> str:
-    """' Did you mean X?' with the closest alias, for the unknown-sampler error ('' when none is close)."""
-    return closest(name, ALIASES)
+def suggestion(name: str, registered=()) -> str:
+    """' Did you mean X?' when the closest of the aliases and the `registered` names is an alias, else ''."""
+    hint = closest(name, [*registered, *ALIASES])
+    return hint if hint and hint[len(" Did you mean '"):-2] in ALIASES else ""

@@ -53,8 +53,9 @@ def cmd_list(args) -> int:
                 out["params"] = {k: {"default": p.default, "help": p.help, "allowed": p.allowed()}
                                  for k, p in item.params.items()}
             return out
-        print(json.dumps({title.lower(): {name: entry(item) for name, item in table.items()}
-                          for title, table in sections}, indent=2, default=str))
+        from bench.aliases import ALIASES
+        listing = {title.lower(): {name: entry(item) for name, item in table.items()} for title, table in sections}
+        print(json.dumps({**listing, "aliases": ALIASES}, indent=2, default=str))
         return 0
     for title, table in sections:
         print(f"{title}:")
@@ -78,9 +79,31 @@ def cmd_list(args) -> int:
             print("  every sampler also takes: " + "; ".join(f"{k}={p.default} ({p.allowed()}): {p.help}"
                                                          for k, p in COMMON_PARAMS.items()))
         print()
+    _print_aliases()
     if registry.errors:
         print(f"{len(registry.errors)} plugin problem(s); see the warnings above.")
     return 0
+
+
+def _print_aliases() -> None:
+    """The ComfyUI and A1111 names `--samplers` accepts (bench.aliases), by their parts; --json lists every one."""
+    from bench import aliases as a
+
+    def pairs(table) -> str:
+        return ", ".join(f"{k} = {v}" for k, v in table.items())
+
+    print("Aliases (--samplers NAME runs the configuration; results keep NAME):")
+    print(f"  ComfyUI SAMPLER+SCHEDULER, e.g. dpmpp_2m_sde+karras = {a.ALIASES['dpmpp_2m_sde+karras']}")
+    print(f"    samplers: {pairs(a.COMFY_SAMPLERS)}")
+    print(f"    schedulers (plan=): {pairs(a.COMFY_SCHEDULERS)}")
+    print("  A1111 SAMPLER (its 'Automatic' schedule) or 'SAMPLER SCHEDULE', e.g. "
+          f"'DPM++ 2M Karras' = {a.ALIASES['DPM++ 2M Karras']}")
+    print(f"    samplers: {', '.join(f'{k} = {a.with_plan(*v)}' for k, v in a.A1111_SAMPLERS.items())}")
+    print(f"    schedule types (plan=): {pairs(a.A1111_SCHEDULES)}")
+    print(f"    on their own timesteps: {pairs(a.A1111_FIXED)}")
+    print(f"  {len(a.ALIASES)} aliases in all; `list --json` gives each one's configuration, and bench/aliases.py "
+          "where the tools differ")
+    print()
 
 
 INT64 = (-(2**63), 2**63 - 1)

@@ -298,6 +298,33 @@ def paired_mean_table(out_dir: Path, df: pd.DataFrame, column: str, resamples: i
     return pd.DataFrame(lines, columns=columns)
 
 
+def row_bootstraps(out_dir: Path, df: pd.DataFrame, column: str, resamples: int = RESAMPLES,
+                   seed: int = 0) -> dict[str, torch.Tensor]:
+    """Each ok row's `column` on the shared bootstrap resamples (the same image indices for every row), keyed by
+    its label: FID's saved values, the oracle distance recomputed from its per-image rows, ref_rmse's means."""
+    out: dict[str, torch.Tensor] = {}
+    ok = df[(df["status"] == "ok") & df[column].notna()] if column in df.columns else df.iloc[0:0]
+    if column in MEAN_COLUMNS:
+        for _, r in ok.iterrows():
+            name = r.get(f"{column}_file")
+            path = feature_file(out_dir, name, f"{column}_file") if isinstance(name, str) else None
+            if path is not None and path.is_file():
+                values = torch.from_numpy(load_array(path).astype(np.float64))
+                out[_label(r)] = resample_counts(len(values), resamples, seed) @ values / len(values)
+        return out
+    reference = load_reference(out_dir)
+    if reference is None or reference.column != column or "features_file" not in ok.columns:
+        return out
+    for _, r in _with_rows(out_dir, ok).iterrows():
+        boot = feature_file(out_dir, r["features_file"].replace(".npy", ".boot.npy"))
+        if boot.is_file() and len(load_array(boot)) == resamples:
+            out[_label(r)] = torch.from_numpy(load_array(boot).astype(np.float64))
+        else:
+            rows = load_rows(out_dir, r["features_file"], reference)
+            out[_label(r)] = bootstrap_distances(rows, resample_counts(len(rows), resamples, seed), reference)
+    return out
+
+
 def paired_sentences(table: pd.DataFrame) -> list[str]:
     """Plain lines for the report: each difference, its paired 95% interval, and whether it is significant."""
     if table.empty:

@@ -484,6 +484,127 @@ def budget_sentences(df: pd.DataFrame, quality: str | None, label: str) -> list[
     return lines
 
 
+def budget_table(out_dir: Path, df: pd.DataFrame, quality: str | None, config: dict) -> pd.DataFrame:
+    """"Which sampler at which budget" as one table: for each NFE budget, the best ok row within it, its value and
+    95% interval, and the rows within the budget that are not significantly worse (the paired bootstrap interval
+    of their difference to the best includes 0: a tie)."""
+    from bench.frechet import shifted_interval
+    from bench.paired import RESAMPLES, _label, row_bootstraps
+
+    columns = ["budget", "best", quality or "quality", "ci_low", "ci_high", "ties"]
+    ok = df[df["status"] == "ok"].dropna(subset=[quality]) if quality and quality in df.columns else df.iloc[0:0]
+    if ok.empty:
+        return pd.DataFrame(columns=columns)
+    settings = config.get("config", {}) if isinstance(config, dict) else {}
+    boots = row_bootstraps(out_dir, ok, quality, int(settings.get("bootstrap") or RESAMPLES),
+                           int(settings.get("seed") or 0))
+    ci = {"fid": ("fid_ci_low", "fid_ci_high"), "ref_rmse": ("ref_rmse_ci_low", "ref_rmse_ci_high")}.get(quality)
+    lines = []
+    for budget in sorted(ok["nfe"].unique()):
+        within = ok[ok["nfe"] <= budget]
+        best = within.loc[within[quality].idxmin()]
+        best_label = _label(best)
+        ties = []
+        for _, r in within.iterrows():
+            label = _label(r)
+            if label == best_label or label not in boots or best_label not in boots:
+                continue
+            low, high = shifted_interval(float(r[quality] - best[quality]), boots[label] - boots[best_label])
+            if low <= 0:
+                ties.append(label)
+        lines.append({"budget": int(budget), "best": best_label, quality: float(best[quality]),
+                      "ci_low": float(best[ci[0]]) if ci and ci[0] in best else math.nan,
+                      "ci_high": float(best[ci[1]]) if ci and ci[1] in best else math.nan,
+                      "ties": ", ".join(ties[:6]) + (f" and {len(ties) - 6} more" if len(ties) > 6 else "")})
+    return pd.DataFrame(lines, columns=columns)
+
+
+def heatmap(df: pd.DataFrame, quality: str | None, label: str, out_dir: Path) -> list[str]:
+    """Quality by sampler x NFE, the best of each NFE column outlined."""
+    ok = df[df["status"] == "ok"].dropna(subset=[quality]) if quality else df.iloc[0:0]
+    if ok.empty or ok["nfe"].nunique() < 1:
+        return []
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from matplotlib.patches import Rectangle
+
+    table = ok.pivot_table(index="sampler", columns="nfe", values=quality, aggfunc="min")
+    table = table.loc[table.min(axis=1).sort_values().index]
+    table.columns = [int(c) if float(c).is_integer() else c for c in table.columns]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * table.shape[1], 1.2 + 0.32 * table.shape[0]))
+    positive = table.to_numpy()[table.to_numpy() > 0]
+    norm = None
+    if positive.size and positive.max() / positive.min() > 5:
+        from matplotlib.colors import LogNorm
+        norm = LogNorm(positive.min(), positive.max())
+    sns.heatmap(table, annot=True, fmt=".3g", cmap="viridis_r", norm=norm, cbar_kws={"label": label}, ax=ax,
+                annot_kws={"fontsize": 7})
+    for j, column in enumerate(table.columns):
+        if table[column].notna().any():
+            i = list(table.index).index(table[column].idxmin())
+            ax.add_patch(Rectangle((j, i), 1, 1, fill=False, edgecolor="red", lw=2))
+    ax.set_xlabel("network calls per image (NFE); red: best in the column")
+    ax.set_ylabel("")
+    ax.set_title(f"{label} by sampler and NFE")
+    fig.tight_layout()
+    fig.savefig(subfolder(out_dir, "plots") / "heatmap.png", dpi=110)
+    plt.close(fig)
+    return ["plots/heatmap.png"]
+
+
+XY_IMAGES = 4  # images per cell of the X/Y grid (the first ones: the same x_T in every cell)
+
+
+def xy_grid(df: pd.DataFrame, out_dir: Path, config: dict) -> list[str]:
+    """The X/Y grid of ComfyUI/A1111: rows samplers, columns steps, each cell the first XY_IMAGES images of that
+    configuration's sample grid (the same x_T everywhere), cut from samples/<sampler>-<steps>.png."""
+    from PIL import Image
+
+    from bench.results import slug
+
+    ok = df[df["status"].isin(["ok", "nfe_mismatch"])]
+    samplers, steps = list(dict.fromkeys(ok["sampler"])), sorted(ok["steps"].unique())
+    cells = {}
+    for _, r in ok.iterrows():
+        guided = "" if pd.isna(r.get("guidance", math.nan)) else f"-w{r['guidance']:g}"
+        path = out_dir / "samples" / f"{slug(str(r['sampler']))}-{int(r['steps'])}{guided}.png"
+        if path.is_file() and not path.is_symlink():
+            cells.setdefault((r["sampler"], int(r["steps"])), path)
+    info = config.get("model_info") if isinstance(config.get("model_info"), dict) else {}
+    shape = info.get("image_shape")
+    if not cells or not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) for v in shape)):
+        return []
+    side = shape[2] * (math.ceil(32 / shape[2]) if shape[2] < 32 else 1)  # as bench.results.save_grid enlarges
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(samplers), len(steps), squeeze=False,
+                             figsize=(1.6 * len(steps) + 1.6, 0.55 * len(samplers) + 0.6))
+    for i, name in enumerate(samplers):
+        for j, n in enumerate(steps):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if (name, int(n)) in cells:
+                with Image.open(cells[(name, int(n))]) as grid:
+                    strip = grid.convert("RGB").crop((2, 2, 2 + XY_IMAGES * (side + 2) - 2, 2 + side))
+                ax.imshow(strip)
+            if j == 0:
+                ax.set_ylabel(str(name), rotation=0, ha="right", va="center", fontsize=7)
+            if i == 0:
+                ax.set_title(f"{int(n)} steps", fontsize=8)
+    fig.suptitle("The same x_T across samplers and steps (first images of each sample grid)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(subfolder(out_dir, "plots") / "xy_grid.png", dpi=110)
+    plt.close(fig)
+    return ["plots/xy_grid.png"]
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     if tmp.is_symlink():  # never write through a link someone left in a results folder
@@ -517,10 +638,14 @@ def build_report(out_dir: Path) -> Path:
     paired = paired_report(out_dir, df, config)  # reads (and checks) every saved array first; writes paired.csv
     infinity = fid_infinity_lines(out_dir, df)
     quality, label = quality_column(df)
-    plots = _plots(df, quality, label, out_dir) + ref_plot(df, out_dir) + guidance_plots(df, out_dir)
+    plots = (_plots(df, quality, label, out_dir) + heatmap(df, quality, label, out_dir) + xy_grid(df, out_dir, config)
+             + ref_plot(df, out_dir) + guidance_plots(df, out_dir))
+    budgets = budget_table(out_dir, df, quality, config)
     sentences = budget_sentences(df, quality, label) + guidance_sentences(df)
     ref_sentences = budget_sentences(ref_rows(df), "ref_rmse", REF_LABEL) if not ref_rows(df).empty else []
-    ref_sentences = [line for line in ref_sentences if not line.startswith("The floor")]
+    ref_sentences = [line for line in ref_sentences if not line.startswith(("The floor", "With at most"))]
+    ref_budgets = budget_table(out_dir, ref_rows(df), "ref_rmse", config) if not ref_rows(df).empty else \
+        pd.DataFrame()
     orders, notes = empirical_orders(df), ref_notes(df)
     table = df[[c for c in TABLE_COLUMNS if c in df.columns]]
     failed = df[df["status"] != "ok"]
@@ -536,9 +661,22 @@ def build_report(out_dir: Path) -> Path:
 
     md = [f"# sampler-bench report: {md_escape(out_dir.name)}", "", md_escape(header), "",
           "## Which sampler at which budget", ""]
+    if not budgets.empty:
+        md += [f"| budget (NFE) | best | {label} | 95% CI | not significantly worse (paired interval includes 0) |",
+               "|---|---|---|---|---|"]
+        md += [f"| {r['budget']} | {md_escape(r['best'])} | {r[quality]:.4g} | "
+               f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] | {md_escape(r['ties']).replace('|', '/')} |"
+               for _, r in budgets.iterrows()]
+        md += [""]
+        sentences = [s for s in sentences if not s.startswith("With at most")]
     md += [f"- {md_escape(s)}" for s in sentences]
     if ref_sentences or notes:
         md += ["", "## Which sampler at which budget, by distance to the exact trajectory", ""]
+        if not ref_budgets.empty:
+            md += ["| budget (NFE) | best | ref_rmse | 95% CI | not significantly worse |", "|---|---|---|---|---|"]
+            md += [f"| {r['budget']} | {md_escape(r['best'])} | {r['ref_rmse']:.4g} | "
+                   f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] | {md_escape(r['ties']).replace('|', '/')} |"
+                   for _, r in ref_budgets.iterrows()] + [""]
         md += [f"- {md_escape(s)}" for s in ref_sentences + notes]
     if orders:
         md += ["", "## Empirical order on this model", "", "Minus the slope of log ref_rmse against log NFE over "
@@ -573,10 +711,17 @@ def build_report(out_dir: Path) -> Path:
         return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
 
     body = [f"<h1>sampler-bench report: {esc(out_dir.name)}</h1>", f"<p>{bold(header)}</p>",
-            "<h2>Which sampler at which budget</h2><ul>"] + [f"<li>{bold(s)}</li>" for s in sentences] + ["</ul>"]
+            "<h2>Which sampler at which budget</h2>"]
+    if not budgets.empty:
+        body += [budgets.rename(columns={quality: label, "ties": "not significantly worse"}).to_html(
+            index=False, na_rep="", escape=True, float_format=lambda v: f"{v:.4g}")]
+    body += ["<ul>"] + [f"<li>{bold(s)}</li>" for s in sentences] + ["</ul>"]
     if ref_sentences or notes:
-        body += ["<h2>Which sampler at which budget, by distance to the exact trajectory</h2><ul>"]
-        body += [f"<li>{bold(s)}</li>" for s in ref_sentences + notes] + ["</ul>"]
+        body += ["<h2>Which sampler at which budget, by distance to the exact trajectory</h2>"]
+        if not ref_budgets.empty:
+            body += [ref_budgets.rename(columns={"ties": "not significantly worse"}).to_html(
+                index=False, na_rep="", escape=True, float_format=lambda v: f"{v:.4g}")]
+        body += ["<ul>"] + [f"<li>{bold(s)}</li>" for s in ref_sentences + notes] + ["</ul>"]
     if orders:
         body += ["<h2>Empirical order on this model</h2><ul>"] + [f"<li>{esc(s)}</li>" for s in orders] + ["</ul>"]
     if warnings:

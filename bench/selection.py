@@ -90,8 +90,7 @@ def resolve_samplers(items: tuple[str, ...] | list[str], registry: Registry) -> 
                 preset = registry.presets[target]
                 spec = registry.samplers[preset.sampler]
                 params = spec.resolve_params({**preset.params, **given})
-            elif target not in registry.samplers and not closest(target, [*registry.samplers, *registry.presets]) \
-                    and suggestion(target):  # nothing registered is close, but an alias is
+            elif target not in registry.samplers and suggestion(target, [*registry.samplers, *registry.presets]):
                 raise UserError(f"unknown sampler {target!r}.{suggestion(target)} (a ComfyUI or A1111 name; "
                                 "`python -m bench list` shows them all)")
             else:

@@ -338,6 +338,73 @@ def kd_dpmpp_3m_sde(model, x, sigmas, noise_sampler, eta=1.0, s_noise=1.0):
     return x
 
 
+def kd_dpm_2(model, x, sigmas, noise_sampler):
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        d = (x - denoised) / sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = x + d * (sigmas[i + 1] - sigmas[i])
+        else:
+            sigma_mid = math.exp((math.log(sigmas[i]) + math.log(sigmas[i + 1])) / 2)
+            x_2 = x + d * (sigma_mid - sigmas[i])
+            x = x + (x_2 - model(x_2, sigma_mid)) / sigma_mid * (sigmas[i + 1] - sigmas[i])
+    return x
+
+
+def kd_dpmpp_2m(model, x, sigmas, noise_sampler):
+    old_denoised = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        t, t_next = -math.log(sigmas[i]), (-math.log(sigmas[i + 1]) if sigmas[i + 1] else math.inf)
+        h = t_next - t
+        if old_denoised is None or sigmas[i + 1] == 0:
+            x = (sigmas[i + 1] / sigmas[i]) * x - math.expm1(-h) * denoised
+        else:
+            r = (t + math.log(sigmas[i - 1])) / h
+            x = (sigmas[i + 1] / sigmas[i]) * x - math.expm1(-h) * ((1 + 1 / (2 * r)) * denoised
+                                                                   - (1 / (2 * r)) * old_denoised)
+        old_denoised = denoised
+    return x
+
+
+def kd_dpmpp_2m_sde(model, x, sigmas, noise_sampler, eta=1.0, s_noise=1.0):
+    old_denoised, h_last = None, None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            t, s = -math.log(sigmas[i]), -math.log(sigmas[i + 1])
+            h = s - t
+            eta_h = eta * h
+            x = sigmas[i + 1] / sigmas[i] * math.exp(-eta_h) * x + -math.expm1(-h - eta_h) * denoised
+            if old_denoised is not None:
+                r = h_last / h
+                x = x + 0.5 * -math.expm1(-h - eta_h) * (1 / r) * (denoised - old_denoised)  # solver_type midpoint
+            if eta:
+                x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * math.sqrt(-math.expm1(-2 * eta_h)) \
+                    * s_noise
+            h_last = h
+        old_denoised = denoised
+    return x
+
+
+@pytest.mark.parametrize("comfy,name,overrides,reference", [
+    ("dpm_2", "dpm-solver-2", {}, kd_dpm_2),
+    ("dpmpp_2m", "dpm-solver++", {"order": 2}, kd_dpmpp_2m),
+    ("dpmpp_2m_sde", "dpm-solver++-sde", {"order": 2}, kd_dpmpp_2m_sde),
+])
+def test_the_samplers_comfyui_names_map_to_are_k_diffusions(registry, oracle, comfy, name, overrides, reference):
+    """bench.aliases maps ComfyUI's dpm_2, dpmpp_2m and dpmpp_2m_sde to samplers written from the papers: they are
+    k-diffusion's loops on the same sigmas and noise."""
+    ours, plan = _run(registry, name, {**overrides, "plan": "karras"}, oracle, 10)
+    sigmas = [oracle.schedule.sigma_at(t) for t in plan] + [0.0]
+    noise = _noise()
+    theirs = reference(_kd_model(oracle), noise.initial() * math.sqrt(1 + sigmas[0] ** 2), sigmas,
+                       StepNoiseSampler(noise))
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+
+
 class StepNoiseSampler:
     """k-diffusion's default noise sampler, fed our noise(i) for the i-th step (the i-th call)."""
 

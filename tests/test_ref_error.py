@@ -105,3 +105,18 @@ def test_the_reference_cost_is_outside_every_rows_wall_time(tmp_path):
     assert reference["convergence"]["rms_difference"] < reference["convergence"]["tolerance"]
     saved = np.load(out / "features" / "ddim-4.ref_rmse.npy")
     assert saved.shape == (24,) and np.isfinite(saved).all()
+
+
+def test_the_report_has_an_xy_grid_a_heatmap_and_a_budget_table_with_ties(tmp_path):
+    out = tmp_path / "r"
+    assert main([*RUN, "--model", "gaussian-oracle", "--metrics", "oracle-fd", "ref-error", "--samplers", "ddim",
+                 "ddim:plan=quadratic", "ddim-eta1", "--steps", "4,8", "--grid-images", "8", "--out", str(out)]) == 0
+    assert (out / "plots" / "xy_grid.png").is_file() and (out / "plots" / "heatmap.png").is_file()
+    from PIL import Image
+    with Image.open(out / "plots" / "xy_grid.png") as grid:
+        assert grid.size[0] > 200 and grid.size[1] > 100
+    md = (out / "report.md").read_text()
+    assert "| budget (NFE) | best |" in md and "not significantly worse" in md
+    assert "![plots/xy_grid.png](plots/xy_grid.png)" in md and "heatmap.png" in (out / "report.html").read_text()
+    budget = md.split("| budget (NFE) | best |")[1].split("\n\n")[0]
+    assert budget.count("\n| ") == 2  # budgets 4 and 8
