@@ -340,8 +340,12 @@ def empirical_orders(df: pd.DataFrame) -> list[str]:
         x, y = [math.log(v) for v in group["nfe"]], [math.log(v) for v in group["ref_rmse"]]
         mx, my = sum(x) / len(x), sum(y) / len(y)
         slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
-        lines.append(f"{name}: order {-slope:.2f} over NFE {int(min(group['nfe']))}-{int(max(group['nfe']))} "
-                     f"(ref_rmse {group['ref_rmse'].iloc[0]:.3g} to {group['ref_rmse'].iloc[-1]:.3g})")
+        ordered = group.sort_values("nfe")
+        (n1, e1), (n2, e2) = ordered[["nfe", "ref_rmse"]].iloc[-2], ordered[["nfe", "ref_rmse"]].iloc[-1]
+        local = -math.log(e2 / e1) / math.log(n2 / n1)  # the two finest grids: nearest to the asymptotic order
+        lines.append(f"{name}: order {-slope:.2f} over NFE {int(min(group['nfe']))}-{int(max(group['nfe']))}, "
+                     f"{local:.2f} between the two finest (ref_rmse {ordered['ref_rmse'].iloc[0]:.3g} to "
+                     f"{ordered['ref_rmse'].iloc[-1]:.3g})")
     return lines
 
 
