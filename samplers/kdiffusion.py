@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from bench import Param, Preset, SamplerSpec, hookimpl
+from bench import Param, Preset, SamplerSpec, hookimpl, x0_from_eps
 from bench.errors import UserError
 from bench.noise import STEP_BLOCK
 from bench.ode import Level, level, levels, plan_params, two_stage_nfe
@@ -217,14 +217,15 @@ def sample_lms(denoiser, x, timesteps, noise, *, order=4, history=(), callback=N
     lv = levels(schedule, timesteps)
     sigmas = [level(schedule, e.t).sigma_edm for e in history] + [v.sigma_edm for v in lv]
     slopes = [e.eps for e in history]  # seeded evaluations (bench.ode.Evaluation): eps is dx/dsigma
-    x = x / lv[0].alpha
-    for i, cur in enumerate(lv[:-1]):
-        eps = denoiser(x * cur.alpha, cur.t, cond)
-        _report(callback, i, cur, x, eps)
+    for i, (cur, nxt) in enumerate(zip(lv[:-1], lv[1:])):  # x stays a VP state, so a seeded tail starts from
+        eps = denoiser(x, cur.t, cond)                      # exactly the state a full run reports
+        if callback is not None:
+            callback({"step": i, "t": cur.t, "x": x, "x0": x0_from_eps(x, eps, cur.alpha_bar)})
         slopes = (slopes + [eps])[-order:]
-        coefficients = lms_coefficients(sigmas, len(history) + i, len(slopes))
-        for c, d in zip(coefficients, reversed(slopes)):
-            x = x + c * d
+        x_edm = x * (1 / cur.alpha)
+        for c, d in zip(lms_coefficients(sigmas, len(history) + i, len(slopes)), reversed(slopes)):
+            x_edm = x_edm.add(d, alpha=c)
+        x = x_edm.mul_(nxt.alpha)
     return x
 
 

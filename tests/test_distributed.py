@@ -17,7 +17,7 @@ from bench.report import read_results_csv
 from bench.timing import BatchTimes, MachineState, summarize_ranks
 
 QUALITY = ["nfe", "fid", "fid_ci_low", "fid_ci_high", "kid", "kid_std", "prc_precision", "prc_recall", "oracle_fd",
-           "mean_err", "var_err"]
+           "mean_err", "var_err", "ref_rmse", "ref_rmse_ci_low", "ref_rmse_ci_high"]
 QUIET = MachineState(load=0.1, cores=2, threads=1)
 
 
@@ -145,3 +145,17 @@ def test_resume_under_another_world_size_changes_no_result(tmp_path):
     resumed = read_results_csv(out / "results.csv")
     assert_same_quality(full, resumed)
     assert list(resumed["world_size"]) == [1, 2]
+
+
+@pytest.mark.slow
+def test_ref_rmse_under_torchrun_equals_one_process(tmp_path):
+    from bench.cli import main
+
+    common = ["run", "--model", "gaussian-oracle", "--samplers", "ddim", "dpmpp-2m", "ddim-eta1", "--steps", "5",
+              "--num-samples", "48", "--batch-size", "16", "--metrics", "ref-error", "--bootstrap", "20", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    launched = torchrun(*common, "--out", str(tmp_path / "two"))
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    one, two = (pd.read_csv(tmp_path / name / "results.csv") for name in ("one", "two"))
+    assert_same_quality(one, two)
+    assert one["ref_rmse"].notna().sum() == 2 and set(two["world_size"]) == {2}
