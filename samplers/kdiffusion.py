@@ -3,7 +3,8 @@ sampling (Xu et al. 2023, "Restart Sampling for Improving Generative Processes")
 
 They work in EDM's variables, as samplers/karras.py does: x = x_VP / alpha, sigma = sigma_VP / alpha, the model's
 denoised output is D = x - sigma eps and the probability-flow slope dx/dsigma is eps; lambda = -log sigma. The state
-goes back to VP coordinates (times alpha) only to call the model.
+goes back to VP coordinates (times alpha) to call the model; LMS, which takes seeded `history`, carries the VP state
+between steps, so a seeded tail starts from exactly the state a full run reports.
 
 Intermediate noise levels (the DPM-2 and DPM++ midpoints) are rounded through `denoiser.round_time` and every
 coefficient is computed at the level the model was evaluated at (`intermediate_level`), so a discrete model gets
@@ -82,7 +83,8 @@ def sample_euler_ancestral(denoiser, x, timesteps, noise, *, eta=1.0, s_noise=1.
 
 def sample_dpm_2_ancestral(denoiser, x, timesteps, noise, *, eta=1.0, s_noise=1.0, callback=None, cond=None, **_):
     """k-diffusion's sample_dpm_2_ancestral: the midpoint method (DPM-Solver-2, Lu et al. 2022a) to sigma_down with
-    the slope at the log-sigma midpoint, then sigma_up fresh noise; the final step is Euler to 0; 2N-1 calls."""
+    the slope at the log-sigma midpoint, then sigma_up fresh noise; the final step is Euler to 0; 2N-1 calls.
+    (At eta = 1, sigma_down = sigma_next^2 / sigma, so that midpoint is sigma_next itself.)"""
     lv = levels(denoiser.schedule, timesteps)
     x = x / lv[0].alpha
     for i, (cur, nxt) in enumerate(zip(lv[:-1], lv[1:])):
@@ -160,7 +162,9 @@ def sample_dpmpp_sde(denoiser, x, timesteps, noise, *, eta=1.0, s_noise=1.0, cal
 def sample_dpmpp_3m_sde(denoiser, x, timesteps, noise, *, eta=1.0, s_noise=1.0, callback=None, cond=None, **_):
     """k-diffusion's sample_dpmpp_3m_sde: DPM-Solver++(3M) SDE, x' = e^{-h(1+eta)} x + (1 - e^{-h(1+eta)}) D plus
     phi_2 / phi_3 corrections from the last two data predictions (orders 1, 2, 3 as they become available), then
-    sigma' sqrt(1 - e^{-2 eta h}) fresh noise; the final step is the denoising step; one call per step."""
+    sigma' sqrt(1 - e^{-2 eta h}) fresh noise; the final step is the denoising step; one call per step. As in
+    k-diffusion (and DPM-Solver's reference code) D2 = h^2 x0''/2 is weighted by phi_3, where the exact integral
+    gives 2 phi_3 (the README's order notes; samplers/dpm_solver.py's 3M uses the exact one)."""
     lv = levels(denoiser.schedule, timesteps)
     x = x / lv[0].alpha
     past: list[tuple[float, torch.Tensor]] = []  # (h of the step after it, data prediction), newest last

@@ -189,4 +189,4 @@ def test_run_on_the_shipped_digits_model_scores_fid_against_the_floor(tmp_path):
     assert (df["fid_floor"] > 0).all() and df["oracle_fd"].isna().all() if "oracle_fd" in df else True
     assert (df["nfe"] == df["steps"]).all()
     assert (out / "samples" / "ddim-10.png").exists() and (out / "plots" / "quality_vs_wall.png").exists()
-    assert "best is" in (out / "report.md").read_text()
+    assert "| budget (NFE) | best |" in (out / "report.md").read_text()
