@@ -399,8 +399,10 @@ def test_an_impossible_value_marks_the_row_invalid_and_out_of_the_comparisons(sa
     err = capsys.readouterr().err
     assert reason in err and "invalid" in err
     md = Path("r/report.md").read_text()
-    budget = md.split("## Which sampler at which budget")[1].split("##")[0]
-    assert "**ddim** at" not in budget and "**ddim:plan=quadratic**" in budget
+    budget = md.split("## Which sampler at which budget")[1].split("\n## ")[0]
+    best = [line.split(" | ")[1] for line in budget.splitlines() if line.startswith("| 2 |")]
+    assert best == ["ddim:plan=quadratic @ 2"], budget  # the invalid row is never the best
+    assert "| ddim @ 2" not in budget and ", ddim @ 2" not in budget
     paired = Path("r/paired.csv")
     assert not paired.exists() or not ({"ddim @ 2"} & set(pd.read_csv(paired)[["a", "b"]].stack()))
 
