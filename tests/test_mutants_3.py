@@ -32,3 +32,40 @@ def test_the_bootstrap_interval_is_shifted_by_the_median_not_the_mean_of_skewed_
     values = torch.tensor([1.0] * 99 + [1001.0], dtype=torch.float64)  # median 1, mean 11
     low, high = shifted_interval(1.0, values)
     assert low == 1.0  # the 2.5th percentile, shifted by median - point = 0
+
+
+def test_the_call_afs_saves_is_subtracted_from_a_two_stage_solvers_nfe():
+    from bench.ode import two_stage_nfe
+
+    assert two_stage_nfe([3, 2, 1], {}) == 5 and two_stage_nfe([3, 2, 1], {"afs": True}) == 4
+
+
+def test_a_plan_file_on_a_continuous_path_may_not_end_at_t_zero():
+    import pytest
+
+    from bench.errors import UserError
+    from bench.paths import PathConfig, make_path
+    from bench.tune import check_times
+
+    path = make_path(PathConfig("flow"))
+    assert check_times([0.9, 0.5, 0.01], path, "plan") == [0.9, 0.5, 0.01]
+    with pytest.raises(UserError, match=r"\(0, "):
+        check_times([0.9, 0.5, 0.0], path, "plan")
+
+
+def test_tune_candidates_stay_strictly_between_the_neighbours():
+    from bench.tune import _candidates
+
+    assert _candidates(10, 12, 11, 100.0, True) == []
+    values = _candidates(10, 20, 15, 100.0, True)
+    assert values and all(10 < v < 20 and v != 15 for v in values)
+
+
+def test_a_fresh_lock_from_another_host_blocks_even_with_our_pid(tmp_path):
+    import json
+    import os
+
+    from bench.folder import LOCK_NAME, read_lock
+
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": "elsewhere", "command": "run"}))
+    assert read_lock(tmp_path) is not None
