@@ -325,10 +325,10 @@ def training_step(state: TrainState, run: RunConfig, schedule: NoiseSchedule, im
     """
     preset, gen = run.preset, state.generator
     device = gen.device
+    flow = preset.path == "flow"
     index = torch.randint(images.shape[0], (run.batch_size,), generator=gen, device=device)
-    if preset.path == "flow":
-        return _flow_training_step(state, run, images, labels, index, forward)
-    t = sample_train_timesteps(preset.timestep_sampling, schedule.num_timesteps, run.batch_size, gen)
+    t = _flow_times(preset.timestep_sampling, run.batch_size, gen) if flow else \
+        sample_train_timesteps(preset.timestep_sampling, schedule.num_timesteps, run.batch_size, gen)
     eps = torch.randn((run.batch_size, *images.shape[1:]), generator=gen, device=device)
     cond = None
     if preset.conditional:
@@ -336,12 +336,19 @@ def training_step(state: TrainState, run: RunConfig, schedule: NoiseSchedule, im
         cond = torch.where(drop, torch.full_like(labels[index], preset.network["num_classes"]), labels[index])
         cond = cond.to(run.device)
     x0, t, eps = images[index].to(run.device), t.to(run.device), eps.to(run.device)
-    x_t = schedule.add_noise(x0, t, eps)
+    if flow:  # rectified flow (Liu et al. 2023; Lipman et al. 2023; SD3): x_t = (1 - t) x_0 + t eps, u = eps - x_0
+        from bench.paths import TIME_RESOLUTION
+
+        tb = t.view(-1, *[1] * (x0.dim() - 1))
+        x_t, time_arg, target = (1 - tb) * x0 + tb * eps, t * TIME_RESOLUTION, eps - x0
+    else:
+        x_t = schedule.add_noise(x0, t, eps)
+        time_arg = time_input(t, schedule.num_timesteps, time_kind)
+        target = training_target(x0, eps, schedule.alpha_bar.to(x0.device)[t], preset.prediction_type)
     for group in state.optimizer.param_groups:
         group["lr"] = lr_at(state.step, run.lr, preset.warmup_steps, run.steps)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
-        prediction = (forward or state.model)(x_t, time_input(t, schedule.num_timesteps, time_kind), cond)
-    target = training_target(x0, eps, schedule.alpha_bar.to(x0.device)[t], preset.prediction_type)
+        prediction = (forward or state.model)(x_t, time_arg, cond)
     loss = F.mse_loss(prediction.float(), target)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -352,39 +359,11 @@ def training_step(state: TrainState, run: RunConfig, schedule: NoiseSchedule, im
     return loss.detach()
 
 
-def _flow_training_step(state: TrainState, run: RunConfig, images: torch.Tensor, labels: torch.Tensor,
-                        index: torch.Tensor, forward: nn.Module | None) -> torch.Tensor:
-    """The rectified-flow / flow-matching objective (Liu et al. 2023; Lipman et al. 2023; SD3): x_t = (1 - t) x_0
-    + t eps with t uniform in (0, 1) (or logit-normal), the network sees t * 1000 and learns u = eps - x_0."""
-    from bench.paths import TIME_RESOLUTION
-
-    preset, gen = run.preset, state.generator
-    device = gen.device
-    if preset.timestep_sampling == "logit-normal":
-        t = torch.sigmoid(torch.randn(run.batch_size, generator=gen, device=device))
-    else:
-        t = torch.rand(run.batch_size, generator=gen, device=device)
-    eps = torch.randn((run.batch_size, *images.shape[1:]), generator=gen, device=device)
-    cond = None
-    if preset.conditional:
-        drop = torch.rand(run.batch_size, generator=gen, device=device) < preset.label_dropout
-        cond = torch.where(drop, torch.full_like(labels[index], preset.network["num_classes"]), labels[index])
-        cond = cond.to(run.device)
-    x0, t, eps = images[index].to(run.device), t.to(run.device), eps.to(run.device)
-    tb = t.view(-1, *[1] * (x0.dim() - 1))
-    x_t = (1 - tb) * x0 + tb * eps
-    for group in state.optimizer.param_groups:
-        group["lr"] = lr_at(state.step, run.lr, preset.warmup_steps, run.steps)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
-        prediction = (forward or state.model)(x_t, t * TIME_RESOLUTION, cond)
-    loss = F.mse_loss(prediction.float(), eps - x0)
-    state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_(state.model.parameters(), preset.grad_clip)
-    state.optimizer.step()
-    update_ema(state.ema, state.model, ema_decay_at(state.step, preset.ema_decay))
-    state.step += 1
-    return loss.detach()
+def _flow_times(kind: str, batch: int, gen: torch.Generator) -> torch.Tensor:
+    """Flow-matching training times in (0, 1): uniform, or logit-normal (SD3: t = sigmoid(u), u ~ N(0, 1))."""
+    if kind == "logit-normal":
+        return torch.sigmoid(torch.randn(batch, generator=gen, device=gen.device))
+    return torch.rand(batch, generator=gen, device=gen.device)
 
 
 def make_state(run: RunConfig) -> TrainState:
