@@ -30,3 +30,14 @@ def registry():
 @pytest.fixture(scope="session")
 def oracle():
     return OracleDenoiser(make_mixture(8))
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    """A fresh working folder that is also the cache home (where a bug log would go)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("SAMPLER_BENCH_PLUGINS", raising=False)
+    return tmp_path

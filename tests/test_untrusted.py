@@ -27,21 +27,10 @@ import pytest
 from bench.cli import main
 from bench.errors import UserError
 from bench.folder import LOCK_NAME
-from tests.test_bad_input import RUN, WEIGHTS, model_copy, results_folder, snapshot
+from tests.test_bad_input import RUN, WEIGHTS, assert_refused_writing_nothing, model_copy, results_folder
 
 MARKER = "PWNED"  # what a plugin import or an unpickled object would create
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def sandbox(tmp_path, monkeypatch):
-    """A fresh working folder that is also the cache home (where a bug log would go)."""
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("SAMPLER_BENCH_PLUGINS", raising=False)
-    return tmp_path
 
 
 # --------------------------------------------------------------------------- what the cases set up
@@ -210,19 +199,8 @@ def test_the_round_two_table_has_its_cases():
 
 @pytest.mark.parametrize("setup,argv,code,words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_untrusted_input_is_one_line_runs_nothing_and_writes_nothing(sandbox, capsys, setup, argv, code, words):
-    setup()
-    capsys.readouterr()
-    before, weights_before = snapshot(sandbox), snapshot(WEIGHTS)
-    assert main(list(argv)) == code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("warning:")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
+    assert_refused_writing_nothing(sandbox, capsys, setup, argv, code, words)
     assert not Path(MARKER).exists(), "a plugin or a pickle ran code"
-    assert snapshot(sandbox) == before
-    assert snapshot(WEIGHTS) == weights_before
 
 
 # --------------------------------------------------------------------------- code from files
