@@ -13,6 +13,9 @@ results row keeps the name typed. Where the tools differ from what runs here, th
   * ComfyUI's 'beta' drops repeated timesteps (fewer steps than asked); the 'beta' plan keeps N distinct ones;
   * A1111's UniPC integrates to t = 0 on N + 1 time-uniform points without a final denoising step, and its
     Restart shortens the main grid so the total stays at the asked steps (no restart below 20 steps);
+  * ComfyUI's and A1111's dpm_adaptive / 'DPM adaptive' (k-diffusion's sample_dpm_adaptive) drive Lu et al.'s
+    DPM-Solver-23 with a PID step-size controller (accept_safety 0.81) and one step size for the whole batch;
+    dpm-adaptive here uses the paper's controller (theta 0.9) per image, so an image's cost is its own;
   * ComfyUI's 'ddim' is k-diffusion's Euler and 'ddpm' its ancestral step with the posterior variance: the same
     updates as DDIM with eta = 0 and eta = 1 here (tests/test_solvers.py, tests/test_samplers.py).
 """
@@ -50,9 +53,13 @@ COMFY_SAMPLERS: dict[str, str] = {
     "ipndm": "ipndm",
     "ipndm_v": "ipndm:variable_step=true",
     "restart": "restart",  # not in ComfyUI's core (the ComfyUI_restart_sampling node); Xu et al.'s sampler
+    "dpm_adaptive": "dpm-adaptive",  # picks its own steps: every scheduler maps to the same configuration
 }
+# Samplers that ignore the scheduler (and the step count): ComfyUI's dpm_adaptive integrates between the model's
+# sigma_max and sigma_min whatever the scheduler, as dpm-adaptive here does between the path's first and last time.
+IGNORES_SCHEDULER = {"dpm_adaptive", "DPM adaptive"}
 # ComfyUI's samplers with no counterpart here (named so the error says so rather than "unknown").
-COMFY_UNSUPPORTED = ("dpm_fast", "dpm_adaptive", "lcm", "euler_cfg_pp", "euler_ancestral_cfg_pp", "heunpp2",
+COMFY_UNSUPPORTED = ("dpm_fast", "lcm", "euler_cfg_pp", "euler_ancestral_cfg_pp", "heunpp2",
                      "dpmpp_2s_ancestral_cfg_pp", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu",
                      "res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral",
                      "res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde",
@@ -79,6 +86,7 @@ A1111_SAMPLERS: dict[str, tuple[str, str]] = {
     "DPM2": ("dpm-solver-2", "karras"),
     "DPM2 a": ("dpm-2-ancestral", "karras"),
     "Restart": ("restart:restart_min=0.1,restart_max=2,restart_steps=9,restart_times=1", "karras"),
+    "DPM adaptive": ("dpm-adaptive", ""),
 }
 # A1111's schedule types (modules/sd_schedulers.py) -> plan; "X Karras" is also the pre-1.9 combined name.
 A1111_SCHEDULES: dict[str, str] = {
@@ -93,17 +101,20 @@ A1111_FIXED: dict[str, str] = {
 }
 
 
-def with_plan(configuration: str, plan: str) -> str:
-    """'name:a=1' + plan -> 'name:a=1,plan=PLAN'."""
+def with_plan(configuration: str, plan: str, sampler: str = "") -> str:
+    """'name:a=1' + plan -> 'name:a=1,plan=PLAN' (unchanged for a sampler that ignores the scheduler)."""
+    if sampler in IGNORES_SCHEDULER:
+        return configuration
     return f"{configuration}{',' if ':' in configuration else ':'}plan={plan}"
 
 
 def _table() -> dict[str, str]:
-    table = {f"{sampler}+{scheduler}": with_plan(config, plan)
+    table = {f"{sampler}+{scheduler}": with_plan(config, plan, sampler)
              for sampler, config in COMFY_SAMPLERS.items() for scheduler, plan in COMFY_SCHEDULERS.items()}
     for label, (config, automatic) in A1111_SAMPLERS.items():
-        table[label] = with_plan(config, automatic)
-        table.update({f"{label} {schedule}": with_plan(config, plan) for schedule, plan in A1111_SCHEDULES.items()})
+        table[label] = with_plan(config, automatic, label)
+        table.update({f"{label} {schedule}": with_plan(config, plan, label)
+                      for schedule, plan in A1111_SCHEDULES.items()})
     table.update(A1111_FIXED)
     return table
 

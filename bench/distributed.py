@@ -173,6 +173,7 @@ class JobShare:
     metric_states: dict = field(default_factory=dict)  # each working accumulator's shard_state(), by metric name
     metric_errors: dict = field(default_factory=dict)  # metric name -> what it raised (the others are kept)
     noise_draws: int = 0                                # fresh-noise draws of the scored pass (0: deterministic)
+    image_nfe: list = field(default_factory=list)       # an adaptive sampler's calls per image (its images)
 
 
 def shard_state(name: str, accumulator) -> dict:

@@ -236,7 +236,7 @@ def _run_matrix(config, registry, processes, device, denoiser, model_name, num_s
         matrix.set_postfix_str(f"{job.choice.label} @ {job.steps}" + ("" if job.guidance is None else
                                                                        f", w={job.guidance:g}"))
         batches = math.ceil(num_samples / batch_size)
-        with tqdm(total=job.expected_nfe * batches, desc="  NFE",
+        with tqdm(total=None if job.expected_nfe is None else job.expected_nfe * batches, desc="  NFE",
                   unit="call", leave=False, disable=quiet, position=1) as bar:
             row = harness.run_job(job, bar)
         if row is None:  # a rank other than 0: its share went to rank 0

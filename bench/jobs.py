@@ -78,13 +78,16 @@ class Harness:
         self.min_timed_s = MIN_TIMED_S
         self.references: dict = {}  # guidance -> bench.reference.References, for the ref-error metric
         self.last_noise_draws = 0
+        self.last_image_nfe = None
 
     def _sample(self, job: Job, counter: CountingDenoiser, start: int, stop: int, callback=None) -> torch.Tensor:
         indices = torch.arange(start, stop)
         noise = batch_noise(self.noise, indices, self.denoiser.image_shape, self.device, self.dtype)
+        stats: dict = {}
         samples = sample(job.choice.spec, job.choice.params, counter, job.timesteps, indices, noise=noise,
-                         classes=self.classes, guidance=job.guidance, callback=callback)
+                         classes=self.classes, guidance=job.guidance, callback=callback, stats=stats)
         self.last_noise_draws = noise.draws  # > 0: the sampler drew fresh noise, so it is stochastic
+        self.last_image_nfe = stats.get("image_nfe")  # an adaptive sampler's calls per image
         return samples
 
     def _trajectory_recorder(self, job: Job) -> tuple[list, object]:
@@ -181,6 +184,8 @@ class Harness:
                     share.grid.append((start, samples[: self.config.grid_images - start].detach().cpu()))
                 labels = image_labels(torch.arange(start, stop), self.classes)
                 share.noise_draws += self.last_noise_draws
+                if self.last_image_nfe is not None:
+                    share.image_nfe += [int(v) for v in self.last_image_nfe]
                 for name, acc in list(accumulators):
                     try:
                         extra = {"indices": torch.arange(start, stop)} if wants_indices[name] else {}
@@ -233,6 +238,9 @@ class Harness:
                     writer.add(start, rows)
         calls, batches = sum(s.calls for s in shares), sum(s.batches for s in shares)
         nfe = calls / batches
+        adaptive_error = None
+        if job.choice.spec.adaptive:  # calls per image vary: their mean, checked against the rows counted
+            nfe, row["nfe_max"], adaptive_error = self._adaptive_nfe(job, shares)
         net, total_calls = sum(s.net_seconds for s in shares), sum(s.total_calls for s in shares)
         timed = [s for s in shares if s.batches]
         row.update(nfe=nfe, rows_evaluated=sum(s.rows for s in shares) / self.num_samples)
@@ -267,18 +275,38 @@ class Harness:
         if writer is not None:  # the metric's own bootstrap values, when it has them, spare the report a recomputation
             row["features_file"] = writer.close(getattr(paired, "bootstrap_values", None))
             save_reference(self.out_dir, paired.paired_column, *paired.paired_reference())
-        row["status"] = "ok" if nfe == job.expected_nfe else "nfe_mismatch"
+        exact = adaptive_error is None if job.choice.spec.adaptive else nfe == job.expected_nfe
+        row["status"] = "ok" if exact else "nfe_mismatch"
         if metric_errors:
             plugins = {spec.name: spec.plugin for spec in self.metric_specs}
             blamed = "; ".join(f"metric {name!r} (plugin {plugins.get(name, '?')!r}) failed in {error}"
                                for name, error in metric_errors.items())
             tqdm.write(f"warning: {job.choice.label} @ {job.steps}: {blamed}", file=sys.stderr)
         messages = [blamed + " (its columns are empty; the other metrics are kept)"] if metric_errors else []
-        if nfe != job.expected_nfe:
+        if adaptive_error is not None:
+            messages.insert(0, adaptive_error)
+        elif not job.choice.spec.adaptive and nfe != job.expected_nfe:
             messages.insert(0, f"counted {nfe:g} network calls per image, the sampler declares {job.expected_nfe} "
                             "(its nfe_per_step or nfe() is wrong, or it calls the network more than it says)")
         if messages:
             row["error"] = "; ".join(messages)
+
+    def _adaptive_nfe(self, job: Job, shares: list) -> tuple[float, float, str | None]:
+        """An adaptive sampler's (mean, max) calls per image and, when its own per-image count disagrees with
+        the forward rows the harness counted (two per image and call when guided), what is wrong."""
+        per_image = [v for s in shares for v in s.image_nfe]
+        rows = sum(s.rows for s in shares)
+        per_call = 2 if job.guidance and self.denoiser.num_classes else 1
+        if len(per_image) != self.num_samples:
+            mean = rows / per_call / self.num_samples
+            return mean, math.nan, (f"the adaptive sampler reported calls for {len(per_image)} of "
+                                    f"{self.num_samples} images (it must return AdaptiveSample(x0, nfe))")
+        mean = sum(per_image) / self.num_samples
+        if sum(per_image) * per_call != rows:
+            counted = rows / per_call / self.num_samples
+            return counted, max(per_image), (f"counted {counted:g} network calls per image, the adaptive sampler "
+                                             f"reports {mean:g} (its per-image count is wrong)")
+        return mean, float(max(per_image)), None
 
     def _save_per_image(self, job: Job, column: str, values) -> str:
         """features/<stem>.<column>.npy: a metric's per-image values, for paired mean differences (bench.paired)."""

@@ -26,7 +26,7 @@ DEFAULT_PLUGINS = (
     "samplers.ddim",
     "samplers.karras",
     "samplers.dpm_solver",
-    "samplers.unipc", "samplers.deis", "samplers.pndm", "samplers.flow", "samplers.kdiffusion",
+    "samplers.unipc", "samplers.deis", "samplers.pndm", "samplers.flow", "samplers.kdiffusion", "samplers.adaptive",
     "models.oracle",
     "models.builtin",
     "models.metrics",

@@ -12,7 +12,10 @@ from bench.errors import UserError
 from bench.plans import make_plan, sections_plan
 
 PLAN_FILE_PREFIX = "file:"  # plan=file:PLAN.json: a plan written by `bench tune-plan`
-PLAN_PARAMS = ("plan", "sections", "rho")  # parameters that choose timesteps rather than reach the sampler
+PLAN_PARAMS = ("plan", "sections", "rho")
+# The `steps` of an adaptive sampler's row: it runs once per configuration, whatever --steps says, between the
+# path's first and last time, and its `nfe` is the mean of the calls it counted per image (`nfe_max`: the most).
+ADAPTIVE_STEPS = 0  # parameters that choose timesteps rather than reach the sampler
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -85,6 +88,18 @@ COMMON_PARAMS = {
 }
 
 
+@dataclass
+class AdaptiveSample:
+    """What an adaptive sampler returns: the samples and the network calls each image was part of.
+
+    The harness checks that these add up to the calls it counted itself (bench.jobs) and reports their
+    mean and maximum.
+    """
+
+    x0: Any
+    nfe: Any  # (B,) int64 tensor
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     """A registered sampler.
@@ -98,6 +113,10 @@ class SamplerSpec:
     `check(timesteps, params)`, when given, raises a one-line UserError for a plan or option
     combination the sampler cannot run (e.g. too few steps); `timesteps()` calls it, so the
     harness hears about it while planning jobs, before anything is written.
+    `adaptive=True`: the sampler picks its own steps (error control), so its cost depends on the image. It
+    runs once per configuration (row steps = ADAPTIVE_STEPS), gets the path's first and last time as its
+    `timesteps`, and returns `AdaptiveSample(x0, nfe)` (samplers.adaptive) with the calls each image took;
+    the harness checks their sum against its own count and reports their mean (`nfe`) and max (`nfe_max`).
     """
 
     name: str
@@ -110,6 +129,7 @@ class SamplerSpec:
     nfe: Callable[[list, Mapping[str, Any]], int] | None = None
     check: Callable[[list, Mapping[str, Any]], None] | None = None
     paths: tuple[str, ...] | None = None  # the noise path kinds it runs on (bench.paths); None: every kind
+    adaptive: bool = False  # chooses its own steps (an error-controlled step size): see ADAPTIVE_STEPS
 
     def resolve_params(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Defaults updated by `overrides`, each checked against its declaration.
@@ -132,6 +152,8 @@ class SamplerSpec:
     def fixed_steps(self, num_timesteps: int, params: Mapping[str, Any]) -> int | None:
         """The step count when the plan fixes it (full schedule, sections), else None."""
         plan = self.plan_name(params)
+        if self.adaptive:
+            return ADAPTIVE_STEPS
         if plan == "full":
             return num_timesteps
         if plan == "sections":
@@ -150,6 +172,10 @@ class SamplerSpec:
         if self.paths is not None and kind is not None and kind not in self.paths:
             raise UserError(f"sampler {self.name!r} runs on {', '.join(self.paths)} paths, not on this model's "
                             f"{kind} path")
+        if self.adaptive:  # the interval it integrates over: the path's first and last time
+            if isinstance(schedule_or_T, int):
+                return [schedule_or_T - 1, 0]
+            return [schedule_or_T.t_max, schedule_or_T.t_min]
         if plan == "sections":
             if getattr(schedule_or_T, "continuous", False):
                 raise UserError(f"the sections plan cuts T integer timesteps and cannot run on this model's "
@@ -171,8 +197,11 @@ class SamplerSpec:
         """The parameters passed to `fn`: all but the plan ones and the common ones, which the harness consumes."""
         return {k: v for k, v in params.items() if k not in PLAN_PARAMS and k not in COMMON_PARAMS}
 
-    def expected_nfe(self, timesteps: list, params: Mapping[str, Any] | None = None) -> int:
-        """Network calls per image this sampler makes on `timesteps` with `params`."""
+    def expected_nfe(self, timesteps: list, params: Mapping[str, Any] | None = None) -> int | None:
+        """Network calls per image this sampler makes on `timesteps` with `params`; None for an adaptive sampler,
+        whose calls depend on the image (the harness counts them per image)."""
+        if self.adaptive:
+            return None
         if self.nfe is not None:
             return int(self.nfe(list(timesteps), dict(params or {})))
         return self.nfe_per_step * len(timesteps)

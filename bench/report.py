@@ -13,9 +13,11 @@ import pandas as pd
 
 from bench.errors import UserError
 from bench.folder import refuse_links, subfolder
+from bench.registry import ADAPTIVE_STEPS
 
 QUALITY_COLUMNS = (("fid", "FID"), ("oracle_fd", "Fréchet distance to the exact distribution"))
-TABLE_COLUMNS = ["sampler", "steps", "nfe", "wall_s", "s_per_image", "ms_per_nfe", "overhead_frac", "peak_mem_mb",
+TABLE_COLUMNS = ["sampler", "steps", "nfe", "nfe_max", "wall_s", "s_per_image", "ms_per_nfe", "overhead_frac",
+                 "peak_mem_mb",
                  "fid", "fid_ci_low", "fid_ci_high", "fid_floor", "kid", "prc_precision", "prc_recall", "cond_acc",
                  "oracle_fd", "ref_rmse", "timing_spread", "busy", "status"]
 
@@ -56,12 +58,13 @@ def read_results_csv(path: Path) -> pd.DataFrame:
 
 # results.csv columns that hold numbers; of those, the ones that can never be negative, and the ones
 # every ok row must have. A file shared by someone else is checked against these before any use.
-NUMERIC_COLUMNS = ("steps", "guidance", "cfg_scale", "nfe", "rows_evaluated", "expected_nfe", "num_samples",
+NUMERIC_COLUMNS = ("steps", "guidance", "cfg_scale", "nfe", "nfe_max", "rows_evaluated", "expected_nfe", "num_samples",
                    "batch_size", "wall_s", "s_per_image", "images_per_s", "ms_per_nfe", "net_s", "net_ms_per_call",
                    "overhead_frac", "peak_mem_mb", "fid", "fid_ci_low", "fid_ci_high", "fid_floor", "kid", "kid_std",
                    "prc_precision", "prc_recall", "cond_acc", "oracle_fd", "mean_err", "var_err", "wall_s_steps",
                    "timing_spread", "step_spread", "world_size", "seed")
-NON_NEGATIVE_COLUMNS = ("steps", "nfe", "rows_evaluated", "expected_nfe", "num_samples", "batch_size", "wall_s",
+NON_NEGATIVE_COLUMNS = ("steps", "nfe", "nfe_max", "rows_evaluated", "expected_nfe", "num_samples", "batch_size",
+                        "wall_s",
                         "s_per_image", "images_per_s", "ms_per_nfe", "net_s", "net_ms_per_call", "peak_mem_mb", "fid",
                         "fid_ci_low", "fid_ci_high", "fid_floor", "kid_std", "prc_precision", "prc_recall",
                         "cond_acc", "oracle_fd", "mean_err", "var_err", "wall_s_steps", "world_size")
@@ -361,6 +364,15 @@ def ref_notes(df: pd.DataFrame) -> list[str]:
             "solution would not be comparable with the deterministic samplers'."]
 
 
+def adaptive_note(df: pd.DataFrame) -> list[str]:
+    """What steps 0 and nfe_max mean, when the run has adaptive samplers."""
+    if "nfe_max" not in df.columns or not (df["steps"] == ADAPTIVE_STEPS).any():
+        return []
+    return [f"Rows at steps {ADAPTIVE_STEPS} are adaptive samplers: they choose their own steps per image, so nfe is "
+            "the mean of the network calls counted per image and nfe_max the most any image took; the budget "
+            "table places them by nfe."]
+
+
 def has_guidance_sweep(df: pd.DataFrame) -> bool:
     """Whether the run compared more than one guidance scale."""
     ok = df[df["status"] == "ok"]
@@ -516,7 +528,8 @@ def budget_table(out_dir: Path, df: pd.DataFrame, quality: str | None, config: d
             low, high = shifted_interval(float(r[quality] - best[quality]), boots[label] - boots[best_label])
             if low <= 0:
                 ties.append(label)
-        lines.append({"budget": int(budget), "best": best_label, quality: float(best[quality]),
+        lines.append({"budget": int(budget) if float(budget).is_integer() else round(float(budget), 1),
+                      "best": best_label, quality: float(best[quality]),
                       "ci_low": float(best[ci[0]]) if ci and ci[0] in best else math.nan,
                       "ci_high": float(best[ci[1]]) if ci and ci[1] in best else math.nan,
                       "ties": ", ".join(ties[:6]) + (f" and {len(ties) - 6} more" if len(ties) > 6 else "")})
@@ -601,7 +614,7 @@ def xy_grid(df: pd.DataFrame, out_dir: Path, config: dict) -> list[str]:
             if j == 0:
                 ax.set_ylabel(str(name), rotation=0, ha="right", va="center", fontsize=7)
             if i == 0:
-                ax.set_title(f"{int(n)} steps", fontsize=8)
+                ax.set_title("adaptive" if int(n) == ADAPTIVE_STEPS else f"{int(n)} steps", fontsize=8)
     fig.suptitle("The same x_T across samplers and steps (first images of each sample grid)", fontsize=9)
     fig.tight_layout()
     fig.savefig(subfolder(out_dir, "plots") / "xy_grid.png", dpi=110)
@@ -697,7 +710,8 @@ def build_report(out_dir: Path) -> Path:
                "FID∞ + c / n on nested subsets of the images and extrapolates (Chong & Forsyth 2020), so runs "
                "with different numbers of images compare.", ""] + [f"- {md_escape(s)}" for s in infinity]
     md += ["", "## Plots", ""] + [f"![{md_escape(p)}]({link(p)})" for p in plots]
-    md += ["", "## Results", "", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    md += ["", "## Results", ""] + [md_escape(s) for s in adaptive_note(df)]
+    md += ["", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     md += ["| " + " | ".join(md_escape(_fmt(v)).replace("|", "\\|") for v in row) + " |"
            for row in table.itertuples(index=False)]
     if not failed.empty:
@@ -737,7 +751,8 @@ def build_report(out_dir: Path) -> Path:
         body += ["<h2>FID at infinitely many images</h2><ul>"] + [f"<li>{esc(s)}</li>" for s in infinity]
         body += ["</ul>"]
     body += ["<h2>Plots</h2>"] + [f'<img src="{esc(link(p))}" alt="{esc(p)}" style="max-width:48%">' for p in plots]
-    body += ["<h2>Results</h2>", table.to_html(index=False, na_rep="", escape=True,
+    body += ["<h2>Results</h2>"] + [f"<p>{esc(s)}</p>" for s in adaptive_note(df)]
+    body += [table.to_html(index=False, na_rep="", escape=True,
                                                float_format=lambda v: f"{v:.4g}")]
     if not failed.empty:
         body += ["<h2>Failed configurations (and NFE mismatches)</h2><ul>"]

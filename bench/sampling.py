@@ -15,6 +15,7 @@ import torch
 from bench.denoiser import x0_from_eps
 from bench.errors import UserError
 from bench.noise import NoiseSource, StepNoise
+from bench.registry import AdaptiveSample
 
 
 def image_labels(image_indices: torch.Tensor, classes: Sequence[int] | None) -> torch.Tensor | None:
@@ -94,8 +95,11 @@ def batch_noise(seed: int | NoiseSource, image_indices, image_shape: tuple[int, 
 def sample(spec, params: dict[str, Any], denoiser, timesteps: Sequence, image_indices, *,
            seed: int | NoiseSource = 0, classes: Sequence[int] | None = None, guidance: float | None = None,
            callback: Callable | None = None, dtype: torch.dtype = torch.float32,
-           noise: StepNoise | None = None) -> torch.Tensor:
+           noise: StepNoise | None = None, stats: dict | None = None) -> torch.Tensor:
     """Run one registered sampler on the given images and return x_0.
+
+    An adaptive sampler's calls per image (bench.registry.AdaptiveSample) go to `stats["image_nfe"]` when
+    `stats` is given.
 
     `denoiser` may be a counting wrapper (bench.measure.CountingDenoiser); guidance wraps it, so
     the counter sees one call of 2B rows per guided step. `classes` are the labels to cycle
@@ -112,5 +116,10 @@ def sample(spec, params: dict[str, Any], denoiser, timesteps: Sequence, image_in
     model = GuidedDenoiser(denoiser, guidance) if guidance and cond is not None else denoiser
     if params.get("clip_x0", "none") != "none":
         model = ClippedDenoiser(model, params["clip_x0"], params.get("clip_percentile", 0.995))
-    return spec.fn(model, noise.initial(), list(timesteps), noise, callback=callback, cond=cond,
-                   **spec.sampler_kwargs(params))
+    out = spec.fn(model, noise.initial(), list(timesteps), noise, callback=callback, cond=cond,
+                  **spec.sampler_kwargs(params))
+    if isinstance(out, AdaptiveSample):
+        if stats is not None:
+            stats["image_nfe"] = out.nfe
+        return out.x0
+    return out

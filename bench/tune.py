@@ -163,6 +163,9 @@ def _descend(spec, params, denoiser, plan: list, error: float, integer: bool, re
 
 def tune_one(spec, params, denoiser, steps: int, references, indices, noise_seed) -> dict:
     """Coordinate descent from the best hand-made plan (module docstring)."""
+    if spec.adaptive:
+        raise UserError(f"{spec.name} chooses its own steps (an adaptive sampler): there is no plan to tune; "
+                        "change its rtol/atol instead")
     schedule = denoiser.schedule
     integer = not getattr(schedule, "continuous", False)
     starts = {}

@@ -35,12 +35,13 @@ def needs_dataset(dataset: str):
 
 
 def run_sampler(spec, params, denoiser, steps, images, seed=0, dtype=torch.float32, noise=None, callback=None,
-                guidance=None, classes=None):
-    """Run one registered sampler through the sampling seam on the given image indices; returns x_0 and the plan."""
+                guidance=None, classes=None, stats=None):
+    """Run one registered sampler through the sampling seam on the given image indices; returns x_0 and the plan.
+    An adaptive sampler's calls per image go to stats["image_nfe"] when `stats` is a dict."""
     timesteps = spec.timesteps(denoiser.schedule, steps, params)
     noise = noise or batch_noise(seed, torch.as_tensor(images), denoiser.image_shape, dtype=dtype)
     x = sample(spec, params, denoiser, timesteps, images, noise=noise, callback=callback, guidance=guidance,
-               classes=classes)
+               classes=classes, stats=stats)
     return x, timesteps
 
 

@@ -26,7 +26,16 @@ def test_every_alias_is_a_registered_configuration_that_validates_and_plans(regi
         name, _, params = configuration.partition(":")
         assert choice.spec.name == (registry.presets[name].sampler if name in registry.presets else name), alias
         plan = choice.spec.timesteps(SCHEDULE, 10, choice.params)  # the plan parameter is one the sampler takes
-        assert len(plan) == 10 and "plan=" in configuration, alias
+        if choice.spec.adaptive:  # dpm_adaptive ignores the scheduler and the steps: the whole interval
+            assert plan == [999, 0] and "plan=" not in configuration, alias
+        else:
+            assert len(plan) == 10 and "plan=" in configuration, alias
+
+
+def test_dpm_adaptive_names_map_to_the_adaptive_sampler_whatever_the_scheduler(registry):
+    names = [a for a in ALIASES if a.startswith(("dpm_adaptive+", "DPM adaptive"))]
+    assert len(names) == 8 + 1 + 9  # ComfyUI's 8 schedulers, A1111's bare name and its 9 schedule types
+    assert {ALIASES[a] for a in names} == {"dpm-adaptive"}
 
 
 def test_no_alias_shadows_a_registered_sampler_or_preset(registry):

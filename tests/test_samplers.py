@@ -23,10 +23,15 @@ def _steps(spec, params, steps):
 def test_conformance_shape_finite_deterministic_and_exact_nfe(label, spec, params, oracle):
     oracle = oracle_for(spec, oracle)
     counter = CountingDenoiser(oracle)
-    x, timesteps = run_sampler(spec, params, counter, _steps(spec, params, 7), torch.arange(6))
+    stats = {}
+    x, timesteps = run_sampler(spec, params, counter, _steps(spec, params, 7), torch.arange(6), stats=stats)
     assert x.shape == (6, *oracle.image_shape)
     assert bool(torch.isfinite(x).all())
-    assert counter.calls == spec.expected_nfe(timesteps, params)
+    if spec.adaptive:  # its calls per image vary: what it reports per image adds up to the rows counted
+        assert spec.expected_nfe(timesteps, params) is None
+        assert int(stats["image_nfe"].sum()) == counter.rows and stats["image_nfe"].min() >= 2
+    else:
+        assert counter.calls == spec.expected_nfe(timesteps, params)
     again, _ = run_sampler(spec, params, oracle, _steps(spec, params, 7), torch.arange(6))
     assert torch.equal(x, again)
 
