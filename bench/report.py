@@ -536,6 +536,12 @@ def budget_table(out_dir: Path, df: pd.DataFrame, quality: str | None, config: d
     return pd.DataFrame(lines, columns=columns)
 
 
+def best_cells(table: pd.DataFrame) -> list[tuple[int, int]]:
+    """(column, row) positions of the lowest (best) value of each column of a sampler x NFE table."""
+    return [(j, list(table.index).index(table[column].idxmin()))
+            for j, column in enumerate(table.columns) if table[column].notna().any()]
+
+
 def heatmap(df: pd.DataFrame, quality: str | None, label: str, out_dir: Path) -> list[str]:
     """Quality by sampler x NFE, the best of each NFE column outlined."""
     ok = df[df["status"] == "ok"].dropna(subset=[quality]) if quality else df.iloc[0:0]
@@ -558,10 +564,8 @@ def heatmap(df: pd.DataFrame, quality: str | None, label: str, out_dir: Path) ->
         norm = LogNorm(positive.min(), positive.max())
     sns.heatmap(table, annot=True, fmt=".3g", cmap="viridis_r", norm=norm, cbar_kws={"label": label}, ax=ax,
                 annot_kws={"fontsize": 7})
-    for j, column in enumerate(table.columns):
-        if table[column].notna().any():
-            i = list(table.index).index(table[column].idxmin())
-            ax.add_patch(Rectangle((j, i), 1, 1, fill=False, edgecolor="red", lw=2))
+    for j, i in best_cells(table):
+        ax.add_patch(Rectangle((j, i), 1, 1, fill=False, edgecolor="red", lw=2))
     ax.set_xlabel("network calls per image (NFE); red: best in the column")
     ax.set_ylabel("")
     ax.set_title(f"{label} by sampler and NFE")

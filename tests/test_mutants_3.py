@@ -69,3 +69,53 @@ def test_a_fresh_lock_from_another_host_blocks_even_with_our_pid(tmp_path):
 
     (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": "elsewhere", "command": "run"}))
     assert read_lock(tmp_path) is not None
+
+
+def test_a_saved_bootstrap_file_of_another_resample_count_is_recomputed_not_used(tmp_path):
+    """Round-3 survivor N14: row_bootstraps must check a saved .boot.npy's length against the resamples asked."""
+    import numpy as np
+    import pandas as pd
+
+    from bench.cli import main
+    from bench.paired import row_bootstraps
+
+    out = tmp_path / "r"
+    assert main(["run", "--model", "gaussian-oracle", "--samplers", "ddim", "--steps", "4", "--num-samples", "24",
+                 "--batch-size", "24", "--metrics", "oracle-fd", "--quiet", "--out", str(out)]) == 0
+    df = pd.read_csv(out / "results.csv")
+    fresh = row_bootstraps(out, df, "oracle_fd", 50)["ddim @ 4"]
+    np.save(out / "features" / "ddim-4.boot.npy", np.zeros(3))  # a file from a run with 3 resamples
+    again = row_bootstraps(out, df, "oracle_fd", 50)["ddim @ 4"]
+    assert again.shape == (50,) and bool((again == fresh).all())
+
+
+def test_the_budget_table_counts_a_difference_whose_interval_straddles_zero_as_a_tie(tmp_path, monkeypatch):
+    """Round-3 survivor N15: a tie is a paired interval of the difference to the best that includes 0 (low <= 0)."""
+    import pandas as pd
+    import torch
+
+    import bench.paired
+    from bench.report import budget_table
+
+    df = pd.DataFrame({"sampler": ["a", "b", "c"], "steps": [5, 5, 5], "nfe": [5, 5, 5], "status": ["ok"] * 3,
+                       "ref_rmse": [1.00, 1.01, 2.0], "ref_rmse_ci_low": [0.9, 0.9, 1.9],
+                       "ref_rmse_ci_high": [1.1, 1.1, 2.1]})
+    base = torch.linspace(0.9, 1.1, 200)
+    wobble = torch.linspace(-0.05, 0.07, 200)[torch.randperm(200, generator=torch.Generator().manual_seed(0))]
+    boots = {"a @ 5": base, "b @ 5": base + wobble, "c @ 5": base + 1.0}  # b: difference in [-0.05, 0.07]
+    monkeypatch.setattr(bench.paired, "row_bootstraps", lambda *args, **kwargs: boots)
+    table = budget_table(tmp_path, df, "ref_rmse", {})
+    assert table.iloc[0]["best"] == "a @ 5" and table.iloc[0]["ties"] == "b @ 5"
+
+
+def test_the_heatmap_outlines_the_best_cell_of_each_column():
+    """Round-3 survivor N16: the outlined cell is each NFE column's minimum, not its maximum."""
+    import math
+
+    import pandas as pd
+
+    from bench.report import best_cells
+
+    table = pd.DataFrame({5: [3.0, 1.0, 2.0], 10: [0.5, 0.9, math.nan], 20: [math.nan] * 3},
+                         index=["x", "y", "z"])
+    assert best_cells(table) == [(0, 1), (1, 0)]
