@@ -555,7 +555,8 @@ def heatmap(df: pd.DataFrame, quality: str | None, label: str, out_dir: Path) ->
 
     table = ok.pivot_table(index="sampler", columns="nfe", values=quality, aggfunc="min")
     table = table.loc[table.min(axis=1).sort_values().index]
-    table.columns = [int(c) if float(c).is_integer() else c for c in table.columns]
+    # labels, not numbers: one fractional column (an adaptive sampler's mean) would turn 5 into "5.0" everywhere
+    table.columns = [str(int(c)) if float(c).is_integer() else f"{float(c):.1f}" for c in table.columns]
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * table.shape[1], 1.2 + 0.32 * table.shape[0]))
     positive = table.to_numpy()[table.to_numpy() > 0]
     norm = None
@@ -586,7 +587,8 @@ def xy_grid(df: pd.DataFrame, out_dir: Path, config: dict) -> list[str]:
     from bench.results import slug
 
     ok = df[df["status"].isin(["ok", "nfe_mismatch"])]
-    samplers, steps = list(dict.fromkeys(ok["sampler"])), sorted(ok["steps"].unique())
+    samplers = list(dict.fromkeys(ok["sampler"]))
+    steps = sorted(ok["steps"].unique(), key=lambda n: (n == ADAPTIVE_STEPS, n))  # the adaptive column last
     cells = {}
     for _, r in ok.iterrows():
         guided = "" if pd.isna(r.get("guidance", math.nan)) else f"-w{r['guidance']:g}"
@@ -620,7 +622,8 @@ def xy_grid(df: pd.DataFrame, out_dir: Path, config: dict) -> list[str]:
             if i == 0:
                 ax.set_title("adaptive" if int(n) == ADAPTIVE_STEPS else f"{int(n)} steps", fontsize=8)
     fig.suptitle("The same x_T across samplers and steps (first images of each sample grid)", fontsize=9)
-    fig.tight_layout()
+    height = fig.get_size_inches()[1]
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / height))  # keep the title clear of the column titles
     fig.savefig(subfolder(out_dir, "plots") / "xy_grid.png", dpi=110)
     plt.close(fig)
     return ["plots/xy_grid.png"]
