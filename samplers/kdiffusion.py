@@ -345,3 +345,12 @@ def register_presets(register):
                     "DPM-Solver++(3M) SDE on exponential sigmas (A1111 'DPM++ 3M SDE Exponential')"))
     register(Preset("lms-linspace", "lms", {"plan": "linspace"},
                     "LMS on the uniform (linspace) schedule, as A1111's 'LMS' and diffusers' LMSDiscreteScheduler"))
+    # ComfyUI's other schedulers, each with a sampler it is commonly paired with, so --samplers all runs every plan
+    register(Preset("euler-beta", "euler", {"plan": "beta"}, "Euler on the beta schedule (Lee et al. 2024, "
+                    "alpha = beta = 0.6; ComfyUI euler + beta)"))
+    register(Preset("dpmpp-2m-kl-optimal", "dpm-solver++", {"order": 2, "plan": "kl_optimal"},
+                    "DPM-Solver++(2M) on the KL-optimal schedule (Sabour et al. 2024; ComfyUI dpmpp_2m + kl_optimal)"))
+    register(Preset("dpmpp-2m-sgm-uniform", "dpm-solver++", {"order": 2, "plan": "sgm_uniform"},
+                    "DPM-Solver++(2M) on ComfyUI's sgm_uniform schedule (dpmpp_2m + sgm_uniform)"))
+    register(Preset("euler-simple", "euler", {"plan": "simple"}, "Euler on ComfyUI's simple schedule "
+                    "(euler + simple)"))
