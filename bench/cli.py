@@ -49,6 +49,8 @@ def cmd_list(args) -> int:
                 out.update(path=item.path, prediction_type=item.prediction_type, shift=item.shift)
             if isinstance(item, SamplerSpec) and item.paths is not None:
                 out["paths"] = list(item.paths)
+            if isinstance(item, SamplerSpec) and item.adaptive:  # picks its own steps: nfe is counted per image
+                out["adaptive"] = True
             if isinstance(item, SamplerSpec):  # each parameter with its default and allowed values
                 out["params"] = {k: {"default": p.default, "help": p.help, "allowed": p.allowed()}
                                  for k, p in item.params.items()}

@@ -166,3 +166,11 @@ def test_an_adaptive_sampler_whose_count_disagrees_with_the_harness_is_an_nfe_mi
     df = _run(tmp_path, "--model", "gaussian-oracle", "--samplers", "liar")
     row = df.iloc[0]
     assert row["status"] == "nfe_mismatch" and row["nfe"] == 3 and "adaptive sampler reports 2" in row["error"]
+
+
+def test_bench_list_json_marks_the_adaptive_sampler(capsys):
+    import json
+
+    assert main(["list", "--json"]) == 0
+    samplers = json.loads(capsys.readouterr().out)["samplers"]
+    assert samplers["dpm-adaptive"]["adaptive"] is True and "adaptive" not in samplers["ddim"]
