@@ -91,6 +91,14 @@ def _exact(denoiser, indices: torch.Tensor, seed: int) -> torch.Tensor:
     return denoiser.mixture.exact_ode_map(x_T, schedule.alpha_bar_at(schedule.t_max), 1.0).float()
 
 
+def _classes_key(classes) -> str:
+    """The --classes of a conditional run in the cache key (the labels decide the ODE solution), short."""
+    if classes is None:
+        return ""
+    text = ".".join(str(int(k)) for k in classes)
+    return f"-c{text}" if len(text) <= 24 else f"-c{hashlib.sha1(text.encode()).hexdigest()[:12]}"
+
+
 def compute_references(registry, denoiser, batches: list[tuple[int, int]], seed: int, num_samples: int,
                        classes=None, guidance=None, cache_root: Path | None = None) -> References:
     """The reference solution of every image in `batches` (this rank's), from the cache when it has them."""
@@ -98,7 +106,8 @@ def compute_references(registry, denoiser, batches: list[tuple[int, int]], seed:
     name, params, steps = REFERENCE_SOLVER
     steps = min(steps, denoiser.num_timesteps)
     solver = "exact ODE map (single Gaussian)" if exact else f"{name} {params} at {steps} plan times"
-    key = f"{model_fingerprint(denoiser)}-s{seed}-n{num_samples}-w{guidance}-{'exact' if exact else steps}"
+    key = (f"{model_fingerprint(denoiser)}-s{seed}-n{num_samples}-w{guidance}{_classes_key(classes)}-"
+           f"{'exact' if exact else steps}")
     cache = None if cache_root is None else Path(cache_root) / CACHE_DIR / f"{key}.npy"
     began = time.perf_counter()
     rows: dict[int, torch.Tensor] = {}

@@ -119,3 +119,13 @@ def test_the_heatmap_outlines_the_best_cell_of_each_column():
     table = pd.DataFrame({5: [3.0, 1.0, 2.0], 10: [0.5, 0.9, math.nan], 20: [math.nan] * 3},
                          index=["x", "y", "z"])
     assert best_cells(table) == [(0, 1), (1, 0)]
+
+
+def test_a_reference_cached_for_one_class_list_is_not_reused_for_another(tmp_path, registry):
+    """Found by the round-4 mutation run: the cache key ignored --classes, so class-1 rows reused class-0 solutions."""
+    denoiser = registry.model("gaussian-oracle-cond").load("cpu")
+    zero = compute_references(registry, denoiser, [(0, 2)], 0, 2, classes=(0,), cache_root=tmp_path)
+    one = compute_references(registry, denoiser, [(0, 2)], 0, 2, classes=(1,), cache_root=tmp_path)
+    assert not one.info["cache_hit"] and zero.info["cache"] != one.info["cache"]
+    again = compute_references(registry, denoiser, [(0, 2)], 0, 2, classes=(1,), cache_root=tmp_path)
+    assert again.info["cache_hit"]
