@@ -159,3 +159,21 @@ def test_ref_rmse_under_torchrun_equals_one_process(tmp_path):
     one, two = (pd.read_csv(tmp_path / name / "results.csv") for name in ("one", "two"))
     assert_same_quality(one, two)
     assert one["ref_rmse"].notna().sum() == 2 and set(two["world_size"]) == {2}
+
+
+@pytest.mark.slow
+def test_an_adaptive_sampler_under_torchrun_counts_the_same_calls_per_image_as_one_process(tmp_path):
+    # more images than the oracle's 64 pixels: with fewer, the sample covariance is singular and the Frechet
+    # distance's matrix square root turns the last-bit differences of summing shards in another order into 1e-8
+    common = ["run", "--model", "gaussian-oracle", "--samplers", "dpm-adaptive", "--num-samples", "96",
+              "--batch-size", "24", "--bootstrap", "20", "--metrics", "oracle-fd", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    launched = torchrun(*common, "--out", str(tmp_path / "two"))
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    one = read_results_csv(tmp_path / "one" / "results.csv")
+    two = read_results_csv(tmp_path / "two" / "results.csv")
+    assert_same_quality(one, two)
+    assert list(two["status"]) == ["ok"] and list(two["world_size"]) == [2]
+    assert two["nfe"].iloc[0] == one["nfe"].iloc[0] and two["nfe_max"].iloc[0] == one["nfe_max"].iloc[0]
+    saved = "features/dpm-adaptive-0.npy"  # the samples themselves, bit for bit
+    assert (tmp_path / "one" / saved).read_bytes() == (tmp_path / "two" / saved).read_bytes()
