@@ -163,9 +163,6 @@ def _descend(spec, params, denoiser, plan: list, error: float, integer: bool, re
 
 def tune_one(spec, params, denoiser, steps: int, references, indices, noise_seed) -> dict:
     """Coordinate descent from the best hand-made plan (module docstring)."""
-    if spec.adaptive:
-        raise UserError(f"{spec.name} chooses its own steps (an adaptive sampler): there is no plan to tune; "
-                        "change its rtol/atol instead")
     schedule = denoiser.schedule
     integer = not getattr(schedule, "continuous", False)
     starts = {}
@@ -224,6 +221,9 @@ def run_tune(args) -> int:
     schedule = denoiser.schedule
     plans_to_make = []
     for choice in choices:
+        if choice.spec.adaptive:
+            raise UserError(f"{choice.label} chooses its own steps (an adaptive sampler): there is no plan to tune; "
+                            "change its rtol/atol instead")
         for nfe in nfes:
             steps = _steps_for(choice, schedule, nfe)
             if steps is None:

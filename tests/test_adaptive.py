@@ -174,3 +174,10 @@ def test_bench_list_json_marks_the_adaptive_sampler(capsys):
     assert main(["list", "--json"]) == 0
     samplers = json.loads(capsys.readouterr().out)["samplers"]
     assert samplers["dpm-adaptive"]["adaptive"] is True and "adaptive" not in samplers["ddim"]
+
+
+def test_tune_plan_refuses_an_adaptive_sampler_with_one_line(tmp_path, capsys):
+    code = main(["tune-plan", "--model", "gaussian-oracle", "--calibration-images", "4", "--samplers", "dpm-adaptive",
+                 "--nfe", "5", "--out", str(tmp_path / "plan.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "chooses its own steps" in err and not (tmp_path / "plan.json").exists()
