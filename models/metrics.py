@@ -234,8 +234,14 @@ class OracleFD:
         mean, cov = self.moments.mean(), self.moments.covariance()
         fd = fid_from_stats({"mu": mean.numpy(), "sigma": cov.numpy()},
                             {"mu": self.truth.mean.numpy(), "sigma": self.truth.covariance.numpy()})
-        return {"oracle_fd": fd, "mean_err": float((mean - self.truth.mean).abs().max()),
-                "var_err": float((cov.diagonal() - self.truth.covariance.diagonal()).abs().max())}
+        out = {"oracle_fd": fd, "mean_err": float((mean - self.truth.mean).abs().max()),
+               "var_err": float((cov.diagonal() - self.truth.covariance.diagonal()).abs().max())}
+        dim = self.truth.mean.numel()
+        if self.moments.count <= dim:  # a singular sample covariance: the matrix square root is ill-conditioned
+            out["oracle_fd_note"] = (f"{self.moments.count} images for {dim} pixels: the sample covariance is "
+                                     "singular, so oracle_fd is strongly biased and unstable in its last digits; "
+                                     f"use more than {dim} images")
+        return out
 
 
 def create_oracle_fd(denoiser, context: dict) -> OracleFD | None:

@@ -152,3 +152,17 @@ def test_kid_and_prc_are_nan_when_there_are_too_few_rows():
 def test_bootstrap_interval_never_goes_below_zero():
     low, high = bootstrap_interval(0.2, torch.tensor([0.5, 1.0, 2.0, 4.0, 8.0], dtype=torch.float64))
     assert low == 0.0 and high > 0.2
+
+
+def test_oracle_fd_says_when_there_are_no_more_images_than_pixels(tmp_path):
+    import pandas as pd
+
+    from bench.cli import main
+
+    for n, noted in ((48, True), (96, False)):
+        out = tmp_path / f"n{n}"
+        assert main(["run", "--model", "gaussian-oracle", "--samplers", "ddim", "--steps", "4", "--num-samples", str(n),
+                     "--batch-size", "48", "--metrics", "oracle-fd", "--quiet", "--out", str(out)]) == 0
+        row = pd.read_csv(out / "results.csv").iloc[0]
+        assert (isinstance(row.get("oracle_fd_note"), str) and "48 images for 64 pixels" in row["oracle_fd_note"]) \
+            == noted
