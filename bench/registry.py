@@ -12,10 +12,10 @@ from bench.errors import UserError
 from bench.plans import make_plan, sections_plan
 
 PLAN_FILE_PREFIX = "file:"  # plan=file:PLAN.json: a plan written by `bench tune-plan`
-PLAN_PARAMS = ("plan", "sections", "rho")
+PLAN_PARAMS = ("plan", "sections", "rho")  # parameters that choose timesteps rather than reach the sampler
 # The `steps` of an adaptive sampler's row: it runs once per configuration, whatever --steps says, between the
 # path's first and last time, and its `nfe` is the mean of the calls it counted per image (`nfe_max`: the most).
-ADAPTIVE_STEPS = 0  # parameters that choose timesteps rather than reach the sampler
+ADAPTIVE_STEPS = 0
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 

@@ -17,9 +17,8 @@ from bench.registry import ADAPTIVE_STEPS
 
 QUALITY_COLUMNS = (("fid", "FID"), ("oracle_fd", "Fréchet distance to the exact distribution"))
 TABLE_COLUMNS = ["sampler", "steps", "nfe", "nfe_max", "wall_s", "s_per_image", "ms_per_nfe", "overhead_frac",
-                 "peak_mem_mb",
-                 "fid", "fid_ci_low", "fid_ci_high", "fid_floor", "kid", "prc_precision", "prc_recall", "cond_acc",
-                 "oracle_fd", "ref_rmse", "timing_spread", "busy", "status"]
+                 "peak_mem_mb", "fid", "fid_ci_low", "fid_ci_high", "fid_floor", "kid", "prc_precision",
+                 "prc_recall", "cond_acc", "oracle_fd", "ref_rmse", "timing_spread", "busy", "status"]
 
 
 KEY_COLUMNS = ("sampler", "steps", "status")  # what every results.csv row has, whatever ran
@@ -58,16 +57,15 @@ def read_results_csv(path: Path) -> pd.DataFrame:
 
 # results.csv columns that hold numbers; of those, the ones that can never be negative, and the ones
 # every ok row must have. A file shared by someone else is checked against these before any use.
-NUMERIC_COLUMNS = ("steps", "guidance", "cfg_scale", "nfe", "nfe_max", "rows_evaluated", "expected_nfe", "num_samples",
-                   "batch_size", "wall_s", "s_per_image", "images_per_s", "ms_per_nfe", "net_s", "net_ms_per_call",
-                   "overhead_frac", "peak_mem_mb", "fid", "fid_ci_low", "fid_ci_high", "fid_floor", "kid", "kid_std",
-                   "prc_precision", "prc_recall", "cond_acc", "oracle_fd", "mean_err", "var_err", "wall_s_steps",
-                   "timing_spread", "step_spread", "world_size", "seed")
+NUMERIC_COLUMNS = ("steps", "guidance", "cfg_scale", "nfe", "nfe_max", "rows_evaluated", "expected_nfe",
+                   "num_samples", "batch_size", "wall_s", "s_per_image", "images_per_s", "ms_per_nfe", "net_s",
+                   "net_ms_per_call", "overhead_frac", "peak_mem_mb", "fid", "fid_ci_low", "fid_ci_high", "fid_floor",
+                   "kid", "kid_std", "prc_precision", "prc_recall", "cond_acc", "oracle_fd", "mean_err", "var_err",
+                   "wall_s_steps", "timing_spread", "step_spread", "world_size", "seed")
 NON_NEGATIVE_COLUMNS = ("steps", "nfe", "nfe_max", "rows_evaluated", "expected_nfe", "num_samples", "batch_size",
-                        "wall_s",
-                        "s_per_image", "images_per_s", "ms_per_nfe", "net_s", "net_ms_per_call", "peak_mem_mb", "fid",
-                        "fid_ci_low", "fid_ci_high", "fid_floor", "kid_std", "prc_precision", "prc_recall",
-                        "cond_acc", "oracle_fd", "mean_err", "var_err", "wall_s_steps", "world_size")
+                        "wall_s", "s_per_image", "images_per_s", "ms_per_nfe", "net_s", "net_ms_per_call",
+                        "peak_mem_mb", "fid", "fid_ci_low", "fid_ci_high", "fid_floor", "kid_std", "prc_precision",
+                        "prc_recall", "cond_acc", "oracle_fd", "mean_err", "var_err", "wall_s_steps", "world_size")
 REQUIRED_OK_COLUMNS = ("nfe", "wall_s")
 INVALID = "invalid"  # the status of a row whose values cannot be true; left out of every comparison
 
