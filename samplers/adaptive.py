@@ -22,23 +22,23 @@ import math
 import torch
 
 from bench import AdaptiveSample, Param, SamplerSpec, hookimpl, x0_from_eps
+from bench.ode import level
 
 
 def _coefficients(schedule, times: list) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-    """alpha, sigma (as (n,) float64 tensors) and lambda (floats) at each time."""
-    a = [schedule.alpha_bar_at(t) for t in times]
-    alpha = torch.tensor([math.sqrt(v) for v in a], dtype=torch.float64)
-    sigma = torch.tensor([math.sqrt(1 - v) for v in a], dtype=torch.float64)
-    lam = [0.5 * (math.log(v) - math.log1p(-v)) for v in a]
-    return alpha, sigma, lam
+    """alpha, sigma (as (n,) float64 tensors) and lambda (floats) at each time, from bench.ode's levels."""
+    lv = [level(schedule, t) for t in times]
+    return (torch.tensor([v.alpha for v in lv], dtype=torch.float64),
+            torch.tensor([v.sigma for v in lv], dtype=torch.float64), [v.lam for v in lv])
 
 
-def _times(denoiser, s: float, h: float, fractions: tuple[float, ...], t_end, discrete: bool) -> list:
+def _times(denoiser, s: float, h: float, fractions: tuple[float, ...], t_end, lam_end: float,
+           discrete: bool) -> list:
     """The stage times inside the step s -> t(lambda_s + h) at the given fractions of h, and t itself (last).
 
     Discrete-time models: rounded to trained timesteps, strictly decreasing, t >= t_end."""
     schedule = denoiser.schedule
-    lam_s, lam_end = schedule.lambda_at(s), schedule.lambda_at(t_end)
+    lam_s = schedule.lambda_at(s)
     last = t_end if lam_s + h >= lam_end else schedule.t_from_lambda(lam_s + h)  # the last step ends on t_end
     raw = [schedule.t_from_lambda(lam_s + r * h) for r in fractions] + [last]
     if not discrete:
@@ -107,6 +107,7 @@ def solve_adaptive(denoiser, x: torch.Tensor, t_start, t_end, *, order: int = 3,
     eps_s: list[torch.Tensor | None] = [None] * batch
     nfe = torch.zeros(batch, dtype=torch.int64)
     fractions = (0.5,) if order == 2 else (1 / 3, 2 / 3)
+    started = False
     while True:
         active = [i for i in range(batch) if s[i] != t_end]
         if not active:
@@ -118,19 +119,21 @@ def solve_adaptive(denoiser, x: torch.Tensor, t_start, t_end, *, order: int = 3,
             for j, i in enumerate(need):
                 eps_s[i] = out[j]
             nfe[need] += 1
-            if callback is not None and len(need) == batch and s[0] == t_start:  # the start, every image there
+            if callback is not None and not started:  # the first round: every image at t_start
                 alpha_bar = schedule.alpha_bar_at(t_start)
                 callback({"step": 0, "t": t_start, "x": x.clone(), "x0": x0_from_eps(x, out, alpha_bar)})
+            started = True
         short = [i for i in active if discrete and s[i] - t_end < order]
-        for i in short:  # fewer than k trained times left: one first-order step to t_end
-            (a_s, a_t), (g_s, g_t), (l_s, l_t) = _coefficients(schedule, [s[i], t_end])
-            x[i] = (x[i] * (a_t / a_s).item() - eps_s[i] * (g_t * math.expm1(l_t - l_s)).item())
+        end = level(schedule, t_end)
+        for i in short:  # fewer than k trained times left: one first-order (DDIM) step to t_end
+            cur = level(schedule, s[i])
+            x[i] = x[i] * (end.alpha / cur.alpha) - eps_s[i] * (end.sigma * math.expm1(end.lam - cur.lam))
             s[i], eps_s[i] = t_end, None
         active = [i for i in active if i not in short]
         if not active:
             continue
-        stages = [_times(denoiser, s[i], min(h[i], lam_end - schedule.lambda_at(s[i])), fractions, t_end, discrete)
-                  for i in active]
+        stages = [_times(denoiser, s[i], min(h[i], lam_end - schedule.lambda_at(s[i])), fractions, t_end, lam_end,
+                         discrete) for i in active]
         lower, higher = _dpm_pair(denoiser, x[active], torch.stack([eps_s[i] for i in active]),
                                   [s[i] for i in active], stages, order, discrete,
                                   None if cond is None else cond[active])
