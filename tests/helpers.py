@@ -67,3 +67,26 @@ def oracle_for(spec, oracle):
         from models.oracle import OracleDenoiser
         _PATH_ORACLES[kind] = OracleDenoiser(oracle.mixture, make_path(PathConfig(kind)))
     return _PATH_ORACLES[kind]
+
+
+def discrete_oracle():
+    """The Gaussian-mixture oracle as a discrete-time model (trained integer timesteps only, as `round_time` gives),
+    recording what it is evaluated at: `seen`, the first row's timestep of each call, and `times`, each call's
+    whole (B,) timestep tensor (an adaptive solver evaluates every image at its own time)."""
+    from models.oracle import OracleDenoiser, make_mixture
+
+    class DiscreteOracle(OracleDenoiser):
+        continuous_time = False
+
+        def __init__(self):
+            super().__init__(make_mixture(8))
+            self.seen, self.times = [], []
+
+        def predict_eps(self, x_t, t, cond=None):
+            assert not t.is_floating_point()
+            self.seen.append(int(t[0]))
+            self.times.append(t.clone())
+            return super().predict_eps(x_t, t, cond)
+
+    return DiscreteOracle()
+

@@ -10,9 +10,8 @@ import torch
 from bench.cli import main
 from bench.measure import CountingDenoiser
 from bench.sampling import batch_noise
-from models.oracle import OracleDenoiser, make_mixture
 from samplers.adaptive import solve_adaptive
-from tests.helpers import run_sampler
+from tests.helpers import discrete_oracle, run_sampler
 
 SINGLE = ("gaussian-single", "gaussian-single-vp-continuous", "gaussian-single-ve", "gaussian-single-flow")
 DEFAULT = (0.05, 0.0078)  # Lu et al.'s rtol, atol
@@ -89,28 +88,16 @@ def test_an_image_takes_the_same_steps_whatever_batch_it_is_in(registry, oracle)
     assert len(set(together["image_nfe"].tolist())) > 1  # the images do differ in cost
 
 
-class _DiscreteOracle(OracleDenoiser):
-    """The mixture oracle as a discrete-time model: evaluated at trained integer timesteps only (round_time)."""
-
-    continuous_time = False
-
-    def __init__(self):
-        super().__init__(make_mixture(8))
-        self.seen = []
-
-    def predict_eps(self, x_t, t, cond=None):
-        self.seen.append(t.clone())
-        return super().predict_eps(x_t, t, cond)
 
 
 def test_on_a_discrete_time_model_every_evaluation_is_at_a_trained_timestep_and_ends_at_zero(registry):
-    den = _DiscreteOracle()
+    den = discrete_oracle()
     spec = registry.samplers["dpm-adaptive"]
     stats = {}
     counter = CountingDenoiser(den)
     x, _ = run_sampler(spec, spec.resolve_params(), counter, None, torch.arange(6), stats=stats)
-    assert all(not t.is_floating_point() and bool(((t >= 0) & (t <= 999)).all()) for t in den.seen)
-    assert int(den.seen[-1].max()) == 0  # the final denoising step at the last trained time
+    assert all(not t.is_floating_point() and bool(((t >= 0) & (t <= 999)).all()) for t in den.times)
+    assert int(den.times[-1].max()) == 0  # the final denoising step at the last trained time
     assert int(stats["image_nfe"].sum()) == counter.rows and bool(torch.isfinite(x).all())
 
 

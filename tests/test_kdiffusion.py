@@ -17,9 +17,8 @@ from bench.noise import NoiseSource, StepNoise
 from bench.orders import ORDER_CASES, fit_order, measure
 from bench.plans import kl_optimal_times, logsnr_times, make_plan
 from bench.schedule import NoiseSchedule
-from models.oracle import OracleDenoiser, make_mixture
 from samplers.kdiffusion import EXTRA_STREAM, lms_coefficients
-from tests.helpers import run_sampler
+from tests.helpers import discrete_oracle, run_sampler
 
 T = 1000
 SCHEDULE = NoiseSchedule.linear(T)
@@ -472,24 +471,11 @@ def test_dpmpp_sde_draws_noise_i_and_one_extra_stream_per_step_and_nothing_at_th
 # --------------------------------------------------------------------------- discrete-time models
 
 
-class DiscreteOracle(OracleDenoiser):
-    """The oracle as a discrete-time model (trained integer timesteps only), recording what it is evaluated at."""
-
-    continuous_time = False
-
-    def __init__(self):
-        super().__init__(make_mixture(8))
-        self.seen = []
-
-    def predict_eps(self, x_t, t, cond=None):
-        assert not t.is_floating_point()
-        self.seen.append(int(t[0]))
-        return super().predict_eps(x_t, t, cond)
 
 
 @pytest.mark.parametrize("name", ["dpm-2-ancestral", "dpmpp-2s-ancestral", "dpmpp-sde", "restart"])
 def test_intermediate_levels_on_a_discrete_model_are_trained_timesteps_inside_each_step(registry, name):
-    model = DiscreteOracle()
+    model = discrete_oracle()
     counter = CountingDenoiser(model)
     x, plan = _run(registry, name, {} if name == "restart" else {"eta": 0.5}, counter, 8)  # at eta = 1 the ancestral
     # midpoint sqrt(sigma sigma_down) is sigma_next itself (sigma_down = sigma_next^2 / sigma): nothing to round

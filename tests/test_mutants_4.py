@@ -28,9 +28,9 @@ def _noise(images=torch.arange(4), shape=(1, 8, 8)):
 def test_dpm_adaptive_with_exactly_k_trained_times_left_takes_a_k_stage_step_not_ddim():
     """'when fewer than k are left, the rest is one first-order step': with exactly k left it is a full step."""
     from samplers.adaptive import solve_adaptive
-    from tests.test_adaptive import _DiscreteOracle
+    from tests.helpers import discrete_oracle
 
-    den = _DiscreteOracle()
+    den = discrete_oracle()
     x = batch_noise(0, torch.arange(2), den.image_shape, dtype=torch.float64).initial()
     _, nfe = solve_adaptive(den, x, 3, 0, order=3, rtol=1e6, atol=1e6, h_init=10.0)
     assert nfe.tolist() == [3, 3]  # eps at s, then the two inner stages of DPM-Solver-3 at t = 2 and 1
