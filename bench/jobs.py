@@ -25,7 +25,7 @@ from bench.results import (
     save_grid,
     slug,
 )
-from bench.sampling import batch_noise, image_labels, sample
+from bench.sampling import batch_noise, image_labels, is_guided, sample
 from bench.selection import (
     Job,
 )
@@ -296,7 +296,7 @@ class Harness:
         the forward rows the harness counted (two per image and call when guided), what is wrong."""
         per_image = [v for s in shares for v in s.image_nfe]
         rows = sum(s.rows for s in shares)
-        per_call = 2 if job.guidance and self.denoiser.num_classes else 1
+        per_call = 2 if is_guided(job.guidance, self.denoiser.num_classes) else 1
         if len(per_image) != self.num_samples:
             mean = rows / per_call / self.num_samples
             return mean, math.nan, (f"the adaptive sampler reported calls for {len(per_image)} of "

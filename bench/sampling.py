@@ -92,6 +92,12 @@ def batch_noise(seed: int | NoiseSource, image_indices, image_shape: tuple[int, 
     return StepNoise(source, torch.as_tensor(image_indices, dtype=torch.int64), image_shape, device, dtype)
 
 
+def is_guided(guidance: float | None, num_classes: int) -> bool:
+    """Whether a run is classifier-free guided: w is set and nonzero and the model is conditional. A guided
+    call is one NFE of two forward rows per image (GuidedDenoiser); the harness's NFE check relies on this."""
+    return bool(guidance) and bool(num_classes)
+
+
 def sample(spec, params: dict[str, Any], denoiser, timesteps: Sequence, image_indices, *,
            seed: int | NoiseSource = 0, classes: Sequence[int] | None = None, guidance: float | None = None,
            callback: Callable | None = None, dtype: torch.dtype = torch.float32,
@@ -113,7 +119,7 @@ def sample(spec, params: dict[str, Any], denoiser, timesteps: Sequence, image_in
         classes = range(num_classes)
     labels = image_labels(image_indices, classes if num_classes else None)
     cond = labels.to(device) if labels is not None else None
-    model = GuidedDenoiser(denoiser, guidance) if guidance and cond is not None else denoiser
+    model = GuidedDenoiser(denoiser, guidance) if is_guided(guidance, num_classes) else denoiser
     if params.get("clip_x0", "none") != "none":
         model = ClippedDenoiser(model, params["clip_x0"], params.get("clip_percentile", 0.995))
     out = spec.fn(model, noise.initial(), list(timesteps), noise, callback=callback, cond=cond,
