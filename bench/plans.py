@@ -61,13 +61,14 @@ def quadratic_plan(num_timesteps: int, num_steps: int) -> list[int]:
 
 
 def linspace_plan(num_timesteps: int, num_steps: int) -> list[int]:
-    """diffusers' 'linspace' spacing: round(linspace(0, T-1, N)), both ends included."""
+    """diffusers' 'linspace' spacing: round(linspace(0, T-1, N)), both ends included, .5 rounded to even."""
     _validate(num_timesteps, num_steps)
     if num_steps == 1:
         return [num_timesteps - 1]
     stride = (num_timesteps - 1) / (num_steps - 1)
+    # round() is half to even, as numpy's round in diffusers (999 / 6 * 1 = 166.5 -> 166, not 167).
     # Strides >= 1 never round two values onto one integer, so these are distinct.
-    return [int(math.floor(i * stride + 0.5)) for i in range(num_steps)][::-1]
+    return [round(i * stride) for i in range(num_steps)][::-1]
 
 
 def leading_plan(num_timesteps: int, num_steps: int) -> list[int]:
@@ -82,10 +83,10 @@ def leading_plan(num_timesteps: int, num_steps: int) -> list[int]:
 
 
 def trailing_plan(num_timesteps: int, num_steps: int) -> list[int]:
-    """diffusers' 'trailing' spacing: round(T - i * T / N) - 1, starting at T-1 (Lin et al. 2023)."""
+    """diffusers' 'trailing' spacing: round(T - i * T / N) - 1 (.5 to even), starting at T-1 (Lin et al. 2023)."""
     _validate(num_timesteps, num_steps)
     stride = num_timesteps / num_steps
-    return [int(math.floor(num_timesteps - i * stride + 0.5)) - 1 for i in range(num_steps)]
+    return [round(num_timesteps - i * stride) - 1 for i in range(num_steps)]  # half to even, as numpy
 
 
 def parse_sections(sections: str | Sequence[int]) -> list[int]:
@@ -105,8 +106,9 @@ def parse_sections(sections: str | Sequence[int]) -> list[int]:
 def sections_plan(num_timesteps: int, sections: str | Sequence[int]) -> list[int]:
     """Nichol & Dhariwal's sections: T is cut into equal parts and part k gets counts[k] steps.
 
-    '10,15,20' with T=1000 puts 10 evenly spaced steps in 0..332, 15 in 333..665 and 20 in
-    666..999, 45 in all.
+    '10,15,20' with T=1000 puts 10 evenly spaced steps in 0..333, 15 in 334..666 and 20 in
+    667..999, 45 in all (the T mod len(counts) leftover timesteps go to the first parts, as in
+    guided-diffusion's space_timesteps).
     """
     counts = parse_sections(sections)
     base, extra = divmod(num_timesteps, len(counts))
