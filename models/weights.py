@@ -116,8 +116,8 @@ def _check_card_values(card: dict[str, Any], path: Path) -> None:
     for name, value in expected.items():
         if (name in config or name == "num_classes") and config.get(name, 0) != value:
             raise UserError(f"model card {str(path)!r}: image_shape {shape} and num_classes {card['num_classes']} "
-                            f"disagree with the network config's {name}={config[name]!r}; the card does not "
-                            "describe these weights")
+                            f"disagree with the network config's {name}={config.get(name, '(absent)')!r}; "
+                            "the card does not describe these weights")
 
 
 def _load_pickle_state(path: Path) -> dict[str, torch.Tensor]:
