@@ -6,7 +6,7 @@ each stochastic sampler draws at each step, eta / s_noise / s_churn / s_tmax / l
 percentile at values other than the defaults, ancestral steps with eta > 1, plan edge cases (one step, a flow
 shift, sections whose sizes differ, the continuous Karras rho), range checks of the schedule and round_time,
 the path conversions (v, flow, x0 on a continuous path; EDM preconditioning; the cosine VP derivative) and the
-boundaries of the step-count checks. The mutants these tests kill are listed in /work/tmp/hard/numerics/mutants.md.
+boundaries of the step-count checks. The mutants these tests kill are listed in docs/hardening-2026-12-02.md.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Guards the branches and tables that the numeric tests never reach: parameter par
 warm-up bookkeeping (bench.harness), the trajectory strip, file stems and paired-metric choice (bench.jobs), the
 folder locks and safe paths (bench.folder), model cards and weight loading (models.weights), the training
 schedule, EMA warm-up, label dropout, checkpoints and time limit (models.train), and the datasets' pixel scale
-(models.data). Every test names the property it pins; /work/tmp/hard/plumbing/mutants.md lists the planted bugs.
+(models.data). Every test names the property it pins; docs/hardening-2026-12-02.md lists the planted bugs.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from bench.errors import UserError
+from tests.helpers import needs_dataset
 
 # --------------------------------------------------------------------------- bench.selection
 
@@ -523,16 +524,10 @@ def test_an_idx_file_with_trailing_bytes_is_refused(tmp_path):
         read_idx(tmp_path / "long.idx")
 
 
-def test_fashion_mnist_pixels_span_exactly_minus_one_to_one(monkeypatch):
-    from models.data import FASHION_MNIST_ENV, fashion_mnist_dir, load_dataset
+@needs_dataset("fashion-mnist")
+def test_fashion_mnist_pixels_span_exactly_minus_one_to_one():
+    from models.data import load_dataset
 
-    folder = Path("/work/data/x/usr/share/datasets/fashion-mnist")
-    if folder.is_dir():
-        monkeypatch.setenv(FASHION_MNIST_ENV, str(folder))
-    try:
-        fashion_mnist_dir()
-    except UserError:
-        pytest.skip("Fashion-MNIST is not installed")
     images, _ = load_dataset("fashion-mnist", "test")
     assert float(images.min()) == -1.0 and float(images.max()) == 1.0
 

@@ -6,7 +6,7 @@ parts of models/features.py: which row is best, on the frontier or a tie, the la
 report.md, boundaries (`<` vs `<=`), which side of a difference is "better", seeds, cache keys, the tuner's
 acceptance rule and bookkeeping, busy-machine detection and the timing columns. Every test uses small
 hand-computable inputs and asserts exact or documented values; each was checked to fail on a planted bug
-(the list is in /work/tmp/hard/reporting/mutants.md).
+(the list is in docs/hardening-2026-12-02.md).
 """
 
 from __future__ import annotations

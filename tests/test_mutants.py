@@ -1,5 +1,5 @@
 """Properties a second hand mutation run found unchecked: each bug planted against them survived the rest of the
-suite (/work/mutation-run.md lists the mutants). One property per test; every test is fast."""
+suite (docs/mutation-run-2026-12.md lists the mutants). One property per test; every test is fast."""
 
 from __future__ import annotations
 

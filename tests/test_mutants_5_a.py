@@ -1,4 +1,4 @@
-"""Tests for the survivors of hand mutation run 5, helper a (/work/tmp/r5/a/report.md)."""
+"""Tests for the survivors of hand mutation run 5, helper a (docs/mutation-run-5.md, part A)."""
 
 from __future__ import annotations
 

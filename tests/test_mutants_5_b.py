@@ -1,6 +1,6 @@
 """Tests for the survivors of hand mutation run 5, helper b (plumbing, reporting and model loading).
 
-Each test pins one documented behaviour that a planted bug of /work/tmp/r5/b/mutants.md broke and its targeted
+Each test pins one documented behaviour that a planted bug of docs/mutation-run-5.md (part B) broke and its targeted
 test files did not notice (W01, W02, W03, W04, W05, W06, W09, W10, W11, W12). W01 and W03 were then killed by the
 whole fast suite, but only by the way: W01 by a k-diffusion comparison that happens to use eta = 1.0, and W03 only
 where the optional diffusers package is installed. The other eight survived the whole fast suite. These tests are
