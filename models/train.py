@@ -349,7 +349,8 @@ def training_step(state: TrainState, run: RunConfig, schedule: NoiseSchedule, im
     for group in state.optimizer.param_groups:
         group["lr"] = lr_at(state.step, run.lr, preset.warmup_steps, run.steps)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
-        prediction = (state.model if forward is None else forward)(x_t, time_arg, cond)  # not `or`: a compiled module has no truth value
+        # `is None`, not `or`: torch's compiled module refuses to be asked for a truth value
+        prediction = (state.model if forward is None else forward)(x_t, time_arg, cond)
     loss = F.mse_loss(prediction.float(), target)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
