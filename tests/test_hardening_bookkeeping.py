@@ -29,7 +29,7 @@ RUN = ["run", "--num-samples", "4", "--batch-size", "2", "--grid-images", "0", "
 
 
 def test_a_preset_whose_parameters_its_sampler_refuses_is_reported_and_dropped(tmp_path):
-    from bench.plugins import collect, make_manager
+    from bench.plugins import load_registry
 
     plugin = tmp_path / "badpreset.py"
     plugin.write_text(
@@ -38,8 +38,7 @@ def test_a_preset_whose_parameters_its_sampler_refuses_is_reported_and_dropped(t
         "def register_presets(register):\n"
         "    register(Preset('ddim-negative', 'ddim', {'eta': -1.0}, 'eta below its lower bound 0'))\n"
         "    register(Preset('ddim-fine', 'ddim', {'eta': 0.25}, 'a valid one'))\n")
-    errors: list[str] = []
-    registry = collect(make_manager([str(plugin)], errors, include_entry_points=False), errors)
+    registry = load_registry([str(plugin)])
     assert "ddim-negative" not in registry.presets
     assert registry.presets["ddim-fine"].plugin == str(plugin)
     assert any(e.startswith("preset 'ddim-negative'") and e.endswith("; ignored") for e in registry.errors)

@@ -39,7 +39,7 @@ def test_a_parameters_declared_bounds_are_inclusive_at_both_ends():
 
 
 def test_a_plugin_preset_named_like_a_sampler_is_reported_and_ignored(tmp_path):
-    from bench.plugins import collect, make_manager
+    from bench.plugins import load_registry
 
     plugin = tmp_path / "shadow.py"
     plugin.write_text(
@@ -47,8 +47,7 @@ def test_a_plugin_preset_named_like_a_sampler_is_reported_and_ignored(tmp_path):
         "@hookimpl\n"
         "def register_presets(register):\n"
         "    register(Preset('ddim', 'ddim', {'eta': 1.0}, 'a preset that takes the name of a sampler'))\n")
-    errors: list[str] = []
-    registry = collect(make_manager([str(plugin)], errors, include_entry_points=False), errors)
+    registry = load_registry([str(plugin)])
     assert "ddim" not in registry.presets
     assert registry.samplers["ddim"].name == "ddim"
     assert any("preset 'ddim'" in e and "shares a sampler's name" in e for e in registry.errors)
