@@ -8,7 +8,6 @@ Run it on an otherwise idle machine, and compare settings as ratios of runs made
 """
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
@@ -26,13 +25,18 @@ def main() -> None:
     p.add_argument("--data-dir", default=None)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    overrides = ["prediction_type=v"] + ([f"net.base_channels={a.base_channels}"] if a.base_channels else [])
-    preset = T.apply_overrides(T.get_preset(a.preset), overrides)
-    scratch = Path("/tmp/train_throughput")
-    run = T.RunConfig(preset, 10**9, a.batch_size, preset.lr, 0, torch.device("cpu"), scratch / "w.safetensors",
-                      scratch / "w.ckpt.pt", a.data_dir, a.compile, None, tuple(overrides))
+    # the train command's own parser and overrides, so the probe times exactly what `bench train` would run
+    train_parser = argparse.ArgumentParser()
+    T.add_subparser(train_parser.add_subparsers())
+    argv = ["train", "--preset", a.preset, "--batch-size", str(a.batch_size), "--device", "cpu",
+            "--out", "/tmp/train_throughput/w.safetensors", "--set", "prediction_type=v"]
+    argv += ["--set", f"net.base_channels={a.base_channels}"] if a.base_channels else []
+    argv += ["--compile"] if a.compile else []
+    argv += ["--data-dir", a.data_dir] if a.data_dir else []
+    run = T.run_config_from_args(train_parser.parse_args(argv))
+    preset = run.preset
     schedule = T.NoiseSchedule.from_config(preset.schedule)
-    images, labels = T.load_training_data(preset, a.data_dir)
+    images, labels = T.load_training_data(preset, run.data_dir)
     state = T.make_state(run)
     state.model.train()
     forward = torch.compile(state.model) if a.compile else state.model
@@ -50,4 +54,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from bench.errors import UserError
+
+    try:
+        main()
+    except UserError as exc:  # a bad option: one line, as from `bench train`
+        raise SystemExit(f"error: {exc}") from None
