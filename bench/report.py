@@ -474,6 +474,12 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _ci(low, high) -> str:
+    """A confidence interval for the markdown tables; "n/a" for a metric without one (oracle_fd)."""
+    low, high = _fmt(low), _fmt(high)
+    return "n/a" if low == "" and high == "" else f"[{low}, {high}]"
+
+
 def budget_sentences(df: pd.DataFrame, quality: str | None, label: str) -> list[str]:
     """Plain sentences: the best sampler at each NFE budget, and how far it is from the floor."""
     ok = df[df["status"] == "ok"].dropna(subset=[quality] if quality else [])
@@ -687,7 +693,7 @@ def build_report(out_dir: Path) -> Path:
         md += [f"| budget (NFE) | best | {label} | 95% CI | not significantly worse (paired interval includes 0) |",
                "|---|---|---|---|---|"]
         md += [f"| {r['budget']} | {md_escape(r['best'])} | {r[quality]:.4g} | "
-               f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] | {md_escape(r['ties']).replace('|', '/')} |"
+               f"{_ci(r['ci_low'], r['ci_high'])} | {md_escape(r['ties']).replace('|', '/')} |"
                for _, r in budgets.iterrows()]
         md += [""]
         sentences = [s for s in sentences if not s.startswith("With at most")]
@@ -697,7 +703,7 @@ def build_report(out_dir: Path) -> Path:
         if not ref_budgets.empty:
             md += ["| budget (NFE) | best | ref_rmse | 95% CI | not significantly worse |", "|---|---|---|---|---|"]
             md += [f"| {r['budget']} | {md_escape(r['best'])} | {r['ref_rmse']:.4g} | "
-                   f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] | {md_escape(r['ties']).replace('|', '/')} |"
+                   f"{_ci(r['ci_low'], r['ci_high'])} | {md_escape(r['ties']).replace('|', '/')} |"
                    for _, r in ref_budgets.iterrows()] + [""]
         md += [f"- {md_escape(s)}" for s in ref_sentences + notes]
     if orders:
