@@ -244,3 +244,46 @@ def test_the_report_of_a_small_run_is_as_reviewed(rebuilt, name, file):
 def test_compare_of_two_seeds_is_as_reviewed(rebuilt):
     _, _, text = rebuilt
     assert_matches_golden("compare.txt", text + "\n")
+
+
+# --------------------------------------------------------------------------- the other commands' files
+
+
+def _replace_keys(data, keys: set[str]):
+    """`data` with the values of `keys` (at any depth) replaced by "<volatile>"."""
+    if isinstance(data, dict):
+        return {k: "<volatile>" if k in keys else _replace_keys(v, keys) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_replace_keys(v, keys) for v in data]
+    return data
+
+
+def test_a_tuned_plan_file_is_as_reviewed(sandbox):
+    from bench.cli import main
+
+    assert main(["tune-plan", "--model", "gaussian-oracle", "--samplers", "ddim", "dpmpp-2m", "--nfe", "3",
+                 "--calibration-images", "16", "--out", "plan.json"]) == 0
+    plan = _replace_keys(json.loads(Path("plan.json").read_text()),
+                         {"seconds", "reference_seconds", "model_fingerprint", "versions", "git_commit",
+                          "created_utc", "started_utc", "command"})
+    assert_matches_golden("tune-plan.json", _masked(json.dumps(plan, indent=1), sandbox) + "\n")
+
+
+def test_the_orders_table_is_as_reviewed(capsys):
+    from bench.cli import main
+
+    assert main(["orders", "--steps", "20,40", "--images", "4", "--solvers", "ddim,dpmpp-2m,heun,unipc-2-bh2,deis-3"]) == 0
+    assert_matches_golden("orders.md", capsys.readouterr().out)
+
+
+def test_a_training_card_is_as_reviewed(sandbox):
+    from bench.cli import main
+
+    assert main(["train", "--preset", "smoke", "--out", "s.safetensors", "--checkpoint", "s.ckpt.pt",
+                 "--threads", "1"]) == 0
+    card = _replace_keys(json.loads(Path("s.json").read_text()), {"wall_time_s", "torch_version"})
+    checkpoint = __import__("torch").load("s.ckpt.pt", map_location="cpu", weights_only=True)
+    shape = {k: type(v).__name__ if not isinstance(v, (int, float, str)) else v for k, v in sorted(checkpoint.items())
+             if k not in ("wall_time_s", "elapsed_s")}
+    assert_matches_golden("train-card.json", json.dumps({"card": card, "checkpoint": shape}, indent=1,
+                                                        default=str) + "\n")
