@@ -272,7 +272,8 @@ def test_a_tuned_plan_file_is_as_reviewed(sandbox):
 def test_the_orders_table_is_as_reviewed(capsys):
     from bench.cli import main
 
-    assert main(["orders", "--steps", "20,40", "--images", "4", "--solvers", "ddim,dpmpp-2m,heun,unipc-2-bh2,deis-3"]) == 0
+    solvers = "ddim,dpmpp-2m,heun,unipc-2-bh2,deis-3"
+    assert main(["orders", "--steps", "20,40", "--images", "4", "--solvers", solvers]) == 0
     assert_matches_golden("orders.md", capsys.readouterr().out)
 
 
