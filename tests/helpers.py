@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bench.sampling import batch_noise, sample
+from models.data import FASHION_MNIST_ENV
 
 # Debian packages that hold data sets some tests read. CI installs them (.ci/run sets CI=true);
 # a fresh machine with only Python skips those tests with the package named.
@@ -21,7 +22,7 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-DATASET_ENV = {"fashion-mnist": "SAMPLER_BENCH_FASHION_MNIST"}  # the loader's own override (models.data)
+DATASET_ENV = {"fashion-mnist": FASHION_MNIST_ENV}  # the folder the loader itself looks in first
 
 
 def dataset_installed(dataset: str) -> bool:
