@@ -76,6 +76,12 @@ def resolve_samplers(items: tuple[str, ...] | list[str], registry: Registry) -> 
 
     choices: list[SamplerChoice] = []
     for item in items:
+        if ":" in item and "," in item.partition(":")[0]:
+            listed, _, rest = item.partition(":")
+            *names, last = listed.split(",")
+            plain = " ".join(n for n in names if n)
+            raise UserError(f"--samplers {item!r} mixes a comma-separated list with parameters; give the "
+                            f"sampler with parameters as its own argument: --samplers {plain} '{last}:{rest}'")
         for part in [item] if ":" in item else [p for p in item.split(",") if p]:
             name, _, param_text = part.partition(":")
             name = name.strip()

@@ -41,6 +41,21 @@ def test_a_piece_without_equals_continues_the_previous_list_value():
         parse_params("eta=1,eta=2")
 
 
+def test_a_list_with_a_parameterised_sampler_in_it_says_how_to_split_it():
+    from bench.plugins import load_registry
+    from bench.selection import resolve_samplers
+
+    registry = load_registry()
+    with pytest.raises(UserError) as info:
+        resolve_samplers(["ddim,euler:plan=trailing"], registry)
+    message = str(info.value)
+    assert "unknown sampler" not in message and "its own argument" in message
+    assert message.endswith("--samplers ddim 'euler:plan=trailing'")
+    # a lone parameterised sampler and a plain list are still fine
+    labels = [c.label for c in resolve_samplers(["ddim,euler", "ddim:eta=0.5,plan=trailing"], registry)]
+    assert labels == ["ddim", "euler", "ddim:eta=0.5,plan=trailing"]
+
+
 def test_steps_keep_the_given_order_drop_repeats_and_accept_t_itself():
     from bench.selection import validate_steps
 
