@@ -422,7 +422,7 @@ def paired_across_runs(dir_a: Path, dir_b: Path, merged: pd.DataFrame, quality: 
     code, precision, batch size or number of processes is judged on the same images. Rows without
     saved per-image rows in both folders, or runs with other seeds or sizes, get no interval.
     """
-    from bench.report import load_results
+    from bench.report import compare_keys, load_results
     a, config_a = load_results(dir_a)
     b, config_b = load_results(dir_b)
     ref_a, ref_b = load_reference(dir_a), load_reference(dir_b)
@@ -439,8 +439,8 @@ def paired_across_runs(dir_a: Path, dir_b: Path, merged: pd.DataFrame, quality: 
             or not same_images or not np.allclose(ref_a.mu, ref_b.mu) or "features_file" not in a or
             "features_file" not in b):
         return merged
-    files = a[["sampler", "steps", "features_file"]].merge(b[["sampler", "steps", "features_file"]],
-                                                           on=["sampler", "steps"], suffixes=("_a", "_b"))
+    keys = compare_keys(a, b)
+    files = a[[*keys, "features_file"]].merge(b[[*keys, "features_file"]], on=keys, suffixes=("_a", "_b"))
     resamples = int(config_a.get("config", {}).get("bootstrap") or RESAMPLES)
     seed = int(config_a.get("config", {}).get("seed") or 0)
     low, high = f"{quality}_diff_ci_low", f"{quality}_diff_ci_high"
@@ -452,7 +452,7 @@ def paired_across_runs(dir_a: Path, dir_b: Path, merged: pd.DataFrame, quality: 
         rows_a = load_rows(dir_a, f["features_file_a"], ref_a)
         rows_b = load_rows(dir_b, f["features_file_b"], ref_b)
         counts = resample_counts(len(rows_a), resamples, seed) if counts is None else counts
-        at = (merged["sampler"] == f["sampler"]) & (merged["steps"] == f["steps"])
+        at = np.logical_and.reduce([(merged[k] == f[k]) | (merged[k].isna() & pd.isna(f[k])) for k in keys])
         diff = float(merged.loc[at, f"{quality}_diff_b_minus_a"].iloc[0])
         values = bootstrap_distances(rows_b, counts, ref_b) - bootstrap_distances(rows_a, counts, ref_a)
         merged.loc[at, [low, high]] = shifted_interval(diff, values)

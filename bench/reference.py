@@ -15,7 +15,8 @@ difference. The measured difference is recorded in config.json.
 
 Cached in `<results root>/.references/` by a fingerprint of the model (network weights, path, prediction),
 the seed, the number of images and the solver: `--resume` and later runs on the same model and seed reuse
-it, a changed model is a cache miss. Its cost (seconds, network calls) is recorded in config.json under
+it, a changed model is a cache miss. Its cost (seconds; `network_calls`, this rank's image-calls of the solves
+and the convergence check; `network_calls_per_image` of the solve alone) is recorded in config.json under
 `reference`, never inside any row's wall_s.
 """
 
@@ -139,9 +140,11 @@ def compute_references(registry, denoiser, batches: list[tuple[int, int]], seed:
             finer = _solve(registry, denoiser, torch.arange(start, start + count), CONVERGENCE_STEPS, seed, classes,
                            guidance).to("cpu", torch.float32)
         difference = float((finer - rows[start][:count]).pow(2).mean().sqrt())
+        calls += CONVERGENCE_STEPS * count
         info.update(convergence={"steps": CONVERGENCE_STEPS, "images": count, "rms_difference": difference,
                                  "tolerance": CONVERGENCE_TOLERANCE, "converged": difference <= CONVERGENCE_TOLERANCE},
                     seconds=round(time.perf_counter() - began, 3))
+    info["network_calls"] = calls  # this rank's image-calls: the solves and the convergence check
     if cache is not None and not hit and sum(stop - start for start, stop in batches) == num_samples:
         cache.parent.mkdir(parents=True, exist_ok=True)
         flat = torch.cat([rows[start].reshape(stop - start, -1) for start, stop in sorted(batches)]).numpy()

@@ -779,13 +779,21 @@ def build_report(out_dir: Path) -> Path:
     return out_dir / "report.md"
 
 
+def compare_keys(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
+    """The columns that say two rows of two runs are the same configuration: sampler and steps, and the guidance
+    scale where either run is guided (each w of a guided run is its own row)."""
+    guided = any("guidance" in d and pd.to_numeric(d["guidance"], errors="coerce").notna().any() for d in (a, b))
+    return ["sampler", "steps", "guidance"] if guided and "guidance" in a and "guidance" in b else ["sampler", "steps"]
+
+
 def compare(dir_a: Path, dir_b: Path) -> pd.DataFrame:
-    """Two runs side by side on (sampler, steps), with the quality and time of each and their ratio."""
+    """Two runs side by side on (sampler, steps, guidance), with the quality and time of each and their ratio."""
     a, _ = load_results(dir_a)
     b, _ = load_results(dir_b)
     quality, _ = quality_column(pd.concat([a, b]))
-    cols = ["sampler", "steps", "nfe", "wall_s"] + ([quality] if quality else []) + ["status"]
-    merged = a[[c for c in cols if c in a]].merge(b[[c for c in cols if c in b]], on=["sampler", "steps"],
+    keys = compare_keys(a, b)
+    cols = keys + ["nfe", "wall_s"] + ([quality] if quality else []) + ["status"]
+    merged = a[[c for c in cols if c in a]].merge(b[[c for c in cols if c in b]], on=keys,
                                                    how="outer", suffixes=("_a", "_b"))
     if {"wall_s_a", "wall_s_b"} <= set(merged.columns):
         merged["wall_ratio_b_over_a"] = merged["wall_s_b"] / merged["wall_s_a"]

@@ -78,15 +78,15 @@ PRESETS: dict[str, TrainPreset] = {p.name: p for p in (
                 "fashion-mnist", "ddpm-unet",
                 {"in_channels": 1, "base_channels": 16, "channel_mults": (1, 2, 2), "num_res_blocks": 1,
                  "image_size": 28, "num_classes": 0},
-                steps=6_000, batch_size=128, lr=2e-3, warmup_steps=200, ema_decay=0.999, checkpoint_every=500,
+                steps=40_000, batch_size=32, lr=2e-3, warmup_steps=200, ema_decay=0.999, checkpoint_every=2_000,
                 notes=_CPU_NOTE, prediction_type="v"),
     TrainPreset("fashion-mnist-cond", "Class-conditional ddpm-unet (16/32/32 channels, attention at 7x7) on "
                 "Fashion-MNIST 28x28, v-prediction, label dropout 0.1 (null label 10) for classifier-free guidance",
                 "fashion-mnist", "ddpm-unet",
                 {"in_channels": 1, "base_channels": 16, "channel_mults": (1, 2, 2), "num_res_blocks": 1,
                  "image_size": 28, "num_classes": 10},
-                conditional=True, steps=4_000, batch_size=128, lr=2e-3, warmup_steps=200, ema_decay=0.999,
-                checkpoint_every=500, notes=_CPU_NOTE, prediction_type="v"),
+                conditional=True, steps=30_000, batch_size=32, lr=2e-3, warmup_steps=200, ema_decay=0.999,
+                checkpoint_every=2_000, notes=_CPU_NOTE, prediction_type="v"),
     TrainPreset("fashion-mnist-context", "Class-conditional context-unet (seed 002, 16 features) on Fashion-MNIST "
                 "28x28, label dropout 0.1 (null label 10); not shipped: 3,000 CPU steps gave weak samples",
                 "fashion-mnist", "context-unet",

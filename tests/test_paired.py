@@ -106,3 +106,24 @@ def test_compare_gives_a_paired_interval_for_two_runs_on_the_same_images(registr
     assert row["fid_diff_ci_low"] <= row["fid_diff_b_minus_a"] <= row["fid_diff_ci_high"]
     per_row = read_results_csv(fp32 / "results.csv").iloc[0]
     assert row["fid_diff_ci_high"] - row["fid_diff_ci_low"] < (per_row["fid_ci_high"] - per_row["fid_ci_low"]) / 2
+
+
+def test_compare_of_two_guided_runs_pairs_each_guidance_scale_with_itself(registry, tmp_path):
+    """Each w of a guided run is its own configuration: compare matches w with w (one row each, not every w of
+    one run against every w of the other), and each row's paired interval is that w's."""
+    from bench.report import compare
+    base = dict(samplers=("ddim",), steps=(4,), model="gaussian-oracle-cond", guidance=(0.0, 2.0), classes=(0, 2),
+                num_samples=48, batch_size=48, grid_images=0, trajectory_images=0, bootstrap=50,
+                metrics=("oracle-fd",))
+    a = run_benchmark(RunConfig(**base), registry, out=str(tmp_path / "a"), quiet=True)
+    b = run_benchmark(RunConfig(**base, precision="bf16"), registry, out=str(tmp_path / "b"), quiet=True)
+    table = compare(a, b)
+    assert sorted(table["guidance"]) == [0.0, 2.0]
+    rows_a = read_results_csv(a / "results.csv").set_index("guidance")
+    rows_b = read_results_csv(b / "results.csv").set_index("guidance")
+    assert rows_a.loc[0.0, "oracle_fd"] != rows_a.loc[2.0, "oracle_fd"]
+    for _, row in table.iterrows():
+        w = row["guidance"]
+        assert row["oracle_fd_a"] == rows_a.loc[w, "oracle_fd"] and row["oracle_fd_b"] == rows_b.loc[w, "oracle_fd"]
+        assert row["oracle_fd_diff_b_minus_a"] == pytest.approx(rows_b.loc[w, "oracle_fd"] - rows_a.loc[w, "oracle_fd"])
+        assert row["oracle_fd_diff_ci_low"] <= row["oracle_fd_diff_b_minus_a"] <= row["oracle_fd_diff_ci_high"]

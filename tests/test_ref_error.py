@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.reference import REFERENCE_SOLVER, compute_references, model_fingerprint
+from bench.reference import CONVERGENCE_STEPS, REFERENCE_SOLVER, compute_references, model_fingerprint
 from bench.sampling import batch_noise
 from tests.helpers import run_sampler
 
@@ -90,6 +90,8 @@ def test_the_reference_is_cached_and_reused_and_a_changed_model_misses(tmp_path,
     second = json.loads((tmp_path / "b" / "config.json").read_text())["reference"]["None"]
     assert not first["cache_hit"] and second["cache_hit"] and first["cache"] == second["cache"]
     assert first["network_calls_per_image"] == REFERENCE_SOLVER[2] and second["network_calls_per_image"] == 0
+    # every image-call counted: 24 images' solves and the convergence check's first batch (8 images) at its steps
+    assert first["network_calls"] == 24 * REFERENCE_SOLVER[2] + 8 * CONVERGENCE_STEPS and second["network_calls"] == 0
     assert _rows(tmp_path / "a").loc["ddim", "ref_rmse"] == _rows(tmp_path / "b").loc["ddim", "ref_rmse"]
     denoiser = registry.model("gaussian-oracle").load("cpu")
     before = model_fingerprint(denoiser)
