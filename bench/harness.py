@@ -146,8 +146,18 @@ def run_benchmark(config: RunConfig, registry: Registry, out: str | None = None,
                   force: bool = False, results_root: Path = Path("results"), quiet: bool = False) -> Path:
     """Run the matrix and write results.csv, config.json, sample grids and the report.
 
-    All user errors are raised before anything is written.
+    All user errors are raised before anything is written. `--threads` holds for the run only: the caller's
+    torch thread count is restored afterwards (a library caller's, or the next test's, timings and round-off).
     """
+    threads = torch.get_num_threads()
+    try:
+        return _run_benchmark(config, registry, out, resume, force, results_root, quiet)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_benchmark(config: RunConfig, registry: Registry, out: str | None, resume: bool, force: bool,
+                   results_root: Path, quiet: bool) -> Path:
     if config.threads:
         from bench.timing import cpu_cores
         if config.threads > cpu_cores():

@@ -422,9 +422,13 @@ def test_a_sampler_returning_integers_is_a_row_error(sandbox, plugin):
 
 
 def test_threads_above_the_usable_cores_warn(sandbox, capsys):
-    cores = len(os.sched_getaffinity(0))
+    import torch
+
+    cores, before = len(os.sched_getaffinity(0)), torch.get_num_threads()
     assert main([*RUN, "--threads", str(cores + 1), "--out", "r"]) == 0
     assert f"--threads {cores + 1} is more than the {cores} usable cores" in capsys.readouterr().err
+    # the run's thread count was the run's only: later runs in this process (the next test) keep their own
+    assert torch.get_num_threads() == before != cores + 1
 
 
 def test_a_full_disk_without_a_file_name_is_exit_2(sandbox, capsys, monkeypatch):
