@@ -152,7 +152,7 @@ def load_dataset(name: str, split: str = "train", data_dir: str | None = None) -
         raise UserError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r} for dataset {name!r}; expected one of {', '.join(SPLITS)}")
-    key = (name, split, data_dir)
+    key = (name, split, data_dir, os.environ.get(FASHION_MNIST_ENV), os.environ.get(CIFAR10_ENV))  # where it looks
     if key not in _CACHE:
         if name == "digits":
             if data_dir is not None:

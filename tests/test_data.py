@@ -134,3 +134,31 @@ def test_dataset_metadata_matches_loaded_shapes():
     images, labels = load_dataset("digits", "test")
     assert tuple(images.shape[1:]) == data.DATASETS["digits"].image_shape
     assert int(labels.max()) + 1 == data.DATASETS["digits"].num_classes == len(data.DATASETS["digits"].class_names)
+
+
+def _fake_fashion_folder(folder: Path, value: int) -> Path:
+    """Two 28x28 images of one grey value per split, in the package's file names (gzip IDX)."""
+    folder.mkdir()
+    for prefix in ("train", "t10k"):
+        (folder / f"{prefix}-images-idx3-ubyte.gz").write_bytes(
+            gzip.compress(idx_bytes(np.full((2, 28, 28), value, dtype=np.uint8))))
+        (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.array([1, 2]))))
+    return folder
+
+
+def test_the_dataset_cache_is_per_folder_so_another_or_a_missing_folder_is_never_served_the_first(
+        tmp_path: Path, monkeypatch):
+    """Order-independent (it builds its own folders; round 7's W12 was caught only after another test had loaded
+    the installed package): --data-dir and the environment variable are part of what is cached."""
+    from bench.errors import UserError
+    from models.data import FASHION_MNIST_ENV
+
+    black, white = _fake_fashion_folder(tmp_path / "black", 0), _fake_fashion_folder(tmp_path / "white", 255)
+    assert load_dataset("fashion-mnist", "train", str(black))[0].max() == -1
+    assert load_dataset("fashion-mnist", "train", str(white))[0].min() == 1
+    with pytest.raises(UserError, match="does not exist"):
+        load_dataset("fashion-mnist", "train", str(tmp_path / "missing"))
+    monkeypatch.setenv(FASHION_MNIST_ENV, str(black))
+    assert load_dataset("fashion-mnist", "test")[0].max() == -1
+    monkeypatch.setenv(FASHION_MNIST_ENV, str(white))
+    assert load_dataset("fashion-mnist", "test")[0].min() == 1
