@@ -401,3 +401,67 @@ def test_compare_gives_no_paired_interval_across_paths(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "vp"), str(tmp_path / "flow")]) == 0
     captured = capsys.readouterr()
     assert "not the same samples" in captured.err and "diff_ci_low" not in captured.out
+
+
+# ---------------------------------------------------------------- lines the fast suite never ran (coverage, round 7)
+PATH_CONFIGS = [PathConfig("flow"), PathConfig("flow", shift=3.0), PathConfig("ve"), PathConfig("vp-continuous"),
+                PathConfig("vp-continuous", schedule="cosine")]
+
+
+@pytest.mark.parametrize("config", PATH_CONFIGS, ids=lambda c: f"{c.kind}-{c.schedule}-{c.shift}")
+def test_clean_data_is_the_limit_of_every_level_and_every_inverse(config):
+    path = make_path(config)
+    assert path.lambda_at(-1) == math.inf and path.sigma_at(-1) == 0.0 and path.alpha_bar_at(-1) == 1.0
+    assert path.t_from_lambda(math.inf) == -1.0 and path.t_from_sigma(0.0) == -1.0
+    for frac in (0.0, 0.3, 1.0):  # and the inverses of this configuration (shifted flow, cosine vp) are exact
+        t = path.t_min + frac * (path.t_max - path.t_min)
+        assert path.t_from_sigma(path.sigma_at(t)) == pytest.approx(t, rel=1e-9, abs=1e-12)
+        assert path.alpha_bar_at(t) == pytest.approx(1 / (1 + path.sigma_at(t) ** 2), rel=1e-12)
+        assert path.scale(t) == pytest.approx(math.hypot(path.alpha(t), path.sigma(t)), rel=1e-14)
+
+
+@pytest.mark.parametrize("config", PATH_CONFIGS, ids=lambda c: f"{c.kind}-{c.schedule}-{c.shift}")
+def test_a_time_beyond_the_noisiest_is_refused_and_the_noisiest_itself_is_not(config):
+    path = make_path(config)
+    assert 0 < path.alpha_bar_at(path.t_max) < path.alpha_bar_at(path.t_min) < 1
+    with pytest.raises(ValueError, match=f"beyond this {config.kind} path"):
+        path.alpha_bar_at(path.t_max * (1 + 1e-6) + 1e-6)
+
+
+@pytest.mark.parametrize("config", PATH_CONFIGS, ids=lambda c: f"{c.kind}-{c.schedule}-{c.shift}")
+def test_add_noise_is_alpha_x0_plus_sigma_eps_at_each_images_own_time(config):
+    path = make_path(config)
+    times = torch.tensor([path.t_max, path.t_min, 0.5 * (path.t_min + path.t_max), path.t_min], dtype=torch.float64)
+    x0, eps = torch.randn(4, 1, 2, 2, dtype=torch.float64), torch.randn(4, 1, 2, 2, dtype=torch.float64)
+    alpha, sigma = path.alpha_sigma_of(times)
+    assert alpha.tolist() == [path.alpha(t) for t in times.tolist()]
+    assert sigma.tolist() == [path.sigma(t) for t in times.tolist()]
+    noisy = path.add_noise(x0, times, eps)
+    for i, t in enumerate(times.tolist()):
+        torch.testing.assert_close(noisy[i], path.alpha(t) * x0[i] + path.sigma(t) * eps[i], rtol=1e-12, atol=0)
+    coefficients = path.coefficients_of(times)
+    assert [c.tolist() for c in coefficients[2:]] == [[path.d_alpha(t) for t in times.tolist()],
+                                                      [path.d_sigma(t) for t in times.tolist()]]
+
+
+def test_a_vp_discrete_config_without_a_schedule_builds_its_own_betas():
+    schedule = make_path(PathConfig("vp-discrete", beta_start=2e-4, beta_end=0.03, num_timesteps=500))
+    assert isinstance(schedule, NoiseSchedule) and schedule.num_timesteps == 500
+    assert float(schedule.betas[0]) == pytest.approx(2e-4) and float(schedule.betas[-1]) == pytest.approx(0.03)
+
+
+@pytest.mark.parametrize("raw,message", [
+    ("flow", "path must be a JSON object"),
+    ({"kind": "flow", "shfit": 3.0}, "unknown path key 'shfit'"),
+    ({"kind": "flow", "shift": -1}, "path shift must be a finite number > 0"),
+    ({"kind": "warp"}, "unknown noise path 'warp'"),
+])
+def test_a_cards_bad_path_entry_is_an_error_naming_the_card(tmp_path, raw, message):
+    from models.weights import card_path_config
+
+    source = tmp_path / "m.json"
+    assert card_path_config({}, source) == PathConfig("vp-discrete")  # cards from before paths existed
+    assert card_path_config({"path": {"kind": "flow", "shift": 3.0}}, source) == PathConfig("flow", shift=3.0)
+    with pytest.raises(UserError, match=message) as info:
+        card_path_config({"path": raw}, source)
+    assert str(source) in str(info.value)
