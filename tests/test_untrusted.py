@@ -457,3 +457,35 @@ def test_the_bug_path_never_creates_a_missing_home(sandbox, capsys, monkeypatch)
     assert main(["list"]) == 1
     assert not home.exists()
     assert "planted bug" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- folder guards the fast suite never ran (coverage)
+@pytest.mark.parametrize("name", [None, 3.0, "", "features\\x.npy", "features/x\x00.npy"],
+                         ids=["missing", "a-number", "empty", "backslash", "nul"])
+def test_a_features_file_entry_that_is_not_a_file_name_is_refused_naming_the_csv(tmp_path, name):
+    from bench.errors import UserError
+    from bench.folder import feature_file
+
+    (tmp_path / "features").mkdir()
+    assert feature_file(tmp_path, "features/ok.npy") == tmp_path / "features" / "ok.npy"
+    with pytest.raises(UserError, match="is not a file name under features/") as info:
+        feature_file(tmp_path, name)
+    assert str(tmp_path / "results.csv") in str(info.value)
+
+
+def test_a_linked_subfolder_or_lock_file_is_never_written_through(tmp_path):
+    from bench.errors import UserError
+    from bench.folder import LOCK_NAME, acquire_lock, subfolder
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "run"
+    out.mkdir()
+    assert subfolder(out, "plots") == out / "plots" and (out / "plots").is_dir()
+    (out / "samples").symlink_to(elsewhere)
+    with pytest.raises(UserError, match="samples is a symbolic link"):
+        subfolder(out, "samples")
+    (out / LOCK_NAME).symlink_to(elsewhere / "lock")
+    with pytest.raises(UserError, match="is a symbolic link; remove it"):
+        acquire_lock(out)
+    assert list(elsewhere.iterdir()) == []
