@@ -489,3 +489,40 @@ def test_a_linked_subfolder_or_lock_file_is_never_written_through(tmp_path):
     with pytest.raises(UserError, match="is a symbolic link; remove it"):
         acquire_lock(out)
     assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize("arrays,message", [
+    ({"mu": np.zeros(3), "sigma": np.eye(3)}, "expected arrays column, mu and sigma"),
+    ({"column": np.array("fid"), "mu": np.zeros(3), "sigma": np.eye(2)}, "a finite square matrix of its size"),
+    ({"column": np.array("fid"), "mu": np.array([0, np.nan, 0]), "sigma": np.eye(3)}, "mu must be a finite vector"),
+], ids=["no-column", "sigma-of-another-size", "nan-mu"])
+def test_a_bad_reference_npz_is_an_error_naming_it(tmp_path, arrays, message):
+    from bench.errors import UserError
+    from bench.paired import load_reference
+
+    (tmp_path / "features").mkdir()
+    assert load_reference(tmp_path) is None  # a folder without one has no paired comparisons, not an error
+    np.savez(tmp_path / "features" / "reference.npz", column=np.array("fid"), mu=np.zeros(3), sigma=np.eye(3))
+    assert load_reference(tmp_path).column == "fid"
+    np.savez(tmp_path / "features" / "reference.npz", **arrays)
+    with pytest.raises(UserError, match=message) as info:
+        load_reference(tmp_path)
+    assert "reference.npz" in str(info.value)
+
+
+@pytest.mark.parametrize("rows,message", [
+    (np.zeros(4), "expected a finite \\(images, features\\) array"),
+    (np.array([[0.0, np.inf, 0.0]]), "expected a finite \\(images, features\\) array"),
+    (np.zeros((2, 5)), "5 features per image, but features/reference.npz has 3"),
+], ids=["1-d", "inf", "wrong-width"])
+def test_saved_rows_that_are_not_a_finite_table_as_wide_as_the_reference_are_refused(tmp_path, rows, message):
+    from bench.errors import UserError
+    from bench.paired import Reference, load_rows
+
+    (tmp_path / "features").mkdir()
+    reference = Reference("fid", np.zeros(3), np.eye(3))
+    np.save(tmp_path / "features" / "good.npy", np.ones((2, 3)))
+    assert load_rows(tmp_path, "features/good.npy", reference).shape == (2, 3)
+    np.save(tmp_path / "features" / "bad.npy", rows)
+    with pytest.raises(UserError, match=message):
+        load_rows(tmp_path, "features/bad.npy", reference)
