@@ -255,6 +255,18 @@ class Broken:
         return {"broken": 1.0}
 
 
+class BrokenCompute:
+    def update(self, samples):
+        pass
+
+    def compute(self):
+        raise ZeroDivisionError("planted compute failure")
+
+
+def broken_create(denoiser, context):
+    raise KeyError("planted create failure")
+
+
 @hookimpl
 def register_samplers(register):
     register(SamplerSpec("mine-ddim", mine_ddim, "DDIM from a local plugin"))
@@ -265,6 +277,8 @@ def register_samplers(register):
 @hookimpl
 def register_metrics(register):
     register(MetricSpec("broken", "raises in update()", lambda denoiser, context: Broken()))
+    register(MetricSpec("broken-compute", "raises in compute()", lambda denoiser, context: BrokenCompute()))
+    register(MetricSpec("broken-create", "raises when created", broken_create))
 '''
 
 
@@ -405,6 +419,17 @@ def test_a_metric_plugin_that_raises_is_blamed_by_name_and_the_other_metrics_are
     assert "'broken'" in row["error"] and "mine.py" in row["error"] and "planted metric failure" in row["error"]
     assert "broken" not in row.index or pd.isna(row.get("broken"))
     assert "'broken'" in capsys.readouterr().err
+
+
+def test_a_metric_plugin_that_raises_when_created_or_computed_is_blamed_and_the_others_kept(sandbox, plugin, capsys):
+    assert main(["run", "--plugin", plugin, *RUN[1:], "--metrics", "oracle-fd", "broken-create", "broken-compute",
+                 "--out", "r"]) == 0
+    row = pd.read_csv("r/results.csv").iloc[0]
+    assert row["status"] == "ok" and row["oracle_fd"] >= 0
+    assert "'broken-create' (plugin 'mine.py') failed in create(): KeyError" in row["error"]
+    assert "'broken-compute' (plugin 'mine.py') failed in compute(): ZeroDivisionError" in row["error"]
+    err = capsys.readouterr().err
+    assert "'broken-create'" in err and "'broken-compute'" in err and "Traceback" not in err
 
 
 def test_sigterm_is_handled_like_ctrl_c_with_exit_code_143(sandbox, plugin, capsys):
