@@ -61,7 +61,16 @@ def _tampered(plan_file, tmp_path, change):
     (lambda d: None, 7, ["no dpmpp-2m plan with 7 steps", "5, 8"]),
     (lambda d: d.__setitem__("model_fingerprint", "0" * 16), 5, ["tuned on model", "fingerprint"]),
     (lambda d: d.__setitem__("version", 99), 5, ["not a sampler-bench plan file"]),
-])
+    (lambda d: d["plans"]["dpmpp-2m"]["steps"]["5"].__setitem__("timesteps", []), 5, ["non-empty list of finite"]),
+    (lambda d: d["plans"]["dpmpp-2m"]["steps"]["5"].__setitem__("timesteps", [999, "500", 0]), 5,
+     ["non-empty list of finite"]),
+    (lambda d: d["plans"]["dpmpp-2m"]["steps"]["5"].__setitem__("timesteps", [999, 700, 400, 0]), 5,
+     ["dpmpp-2m @ 5: 4 timesteps listed, not 5"]),
+    (lambda d: d["plans"].pop("dpmpp-2m"), 5, ["no plan for sampler 'dpm-solver++'", "it has: euler"]),
+    (lambda d: d["plans"].__setitem__("copy", dict(d["plans"]["dpmpp-2m"])), 5,
+     ["several plans for sampler 'dpm-solver++'", "copy", "separate files"]),
+], ids=["unsorted", "repeated", "beyond-t", "no-such-steps", "other-model", "version", "empty", "a-string",
+        "too-few", "no-entry", "two-entries"])
 def test_bad_plan_files_are_one_line_errors_that_write_nothing(plan_file, tmp_path, capsys, change, steps, words):
     bad = _tampered(plan_file, tmp_path, change)
     out = tmp_path / "r"
