@@ -465,3 +465,23 @@ def test_a_cards_bad_path_entry_is_an_error_naming_the_card(tmp_path, raw, messa
     with pytest.raises(UserError, match=message) as info:
         card_path_config({"path": raw}, source)
     assert str(source) in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["x0", "v"])
+def test_real_times_on_a_discrete_model_convert_with_each_rows_interpolated_alpha_bar(kind):
+    """A continuous-time network on vp-discrete (float t): each row's eps uses alpha_bar at its own real time,
+    log-linear between trained timesteps, and at whole-number times the trained alpha_bar exactly."""
+    schedule = NoiseSchedule.linear(1000)
+    denoiser = Denoiser(schedule, DenoiserInfo("m", (1, 2, 2), prediction_type=kind), lambda x, t: 0.5 * x, "index")
+    x = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    times = torch.tensor([10.5, 500.25, 998.9, 300.0], dtype=torch.float64)
+    eps = denoiser.predict_eps(x, times)
+    for i, t in enumerate(times.tolist()):
+        a = schedule.alpha_bar_at(t)
+        lower, upper = float(schedule.alpha_bar[int(t)]), float(schedule.alpha_bar[min(int(t) + 1, 999)])
+        assert a == pytest.approx(math.exp(math.log(lower) * (1 - t % 1) + math.log(upper) * (t % 1)), rel=1e-12)
+        expected = ((x[i] - math.sqrt(a) * 0.5 * x[i]) / math.sqrt(1 - a) if kind == "x0"
+                    else math.sqrt(1 - a) * x[i] + math.sqrt(a) * 0.5 * x[i])
+        torch.testing.assert_close(eps[i], expected, rtol=1e-10, atol=1e-12)
+    whole = denoiser.predict_eps(x[3:], torch.tensor([300]))
+    torch.testing.assert_close(eps[3:], whole, rtol=1e-7, atol=1e-9)  # the network-dtype table of the int path
