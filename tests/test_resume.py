@@ -1,6 +1,10 @@
 """Resume redoes exactly the rows that did not finish well, and a results folder never holds a key twice."""
 
+import json
+from pathlib import Path
+
 import pandas as pd
+import pytest
 
 from bench.cli import main
 from bench.jobs import Harness
@@ -63,3 +67,29 @@ def test_repeated_step_counts_and_samplers_give_one_row_each(tmp_path, registry)
     out = tmp_path / "run"
     assert main([*RUN, "--samplers", "ddim", "ddim", "--steps", "3,3", "--out", str(out)]) == 0
     assert len(pd.read_csv(out / "results.csv")) == 1
+
+
+def _config_edit(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data["config"].update(changes)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("argv,edit,words", [
+    (["--out", "elsewhere"], {}, ["continues that folder; drop --out elsewhere"]),
+    ([], {"bootstrap": -5}, ["r/config.json", "config.bootstrap must be an integer"]),
+    ([], {"no_such_option": 1}, ["not a run config this version can resume"]),
+], ids=["another-out", "invalid-value", "unknown-key"])
+def test_a_resume_that_cannot_continue_the_folder_is_a_one_line_error_that_changes_nothing(
+        tmp_path, monkeypatch, capsys, argv, edit, words):
+    monkeypatch.chdir(tmp_path)
+    assert main([*RUN, "--samplers", "ddim", "--out", "r"]) == 0
+    if edit:
+        _config_edit(Path("r/config.json"), **edit)
+    before = {p: p.read_bytes() for p in Path("r").rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["run", "--resume", "r", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(w in err[0] for w in words), err
+    assert {p: p.read_bytes() for p in Path("r").rglob("*") if p.is_file()} == before
+    assert not Path("elsewhere").exists()
