@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 
 import pytest
@@ -123,3 +124,44 @@ def test_time_limit_must_be_a_positive_number_of_minutes(tmp_path, value):
 def test_time_limit_reserve_keeps_room_for_two_steps_and_a_checkpoint():
     assert train_module.time_limit_reserve(600, 0.5) == pytest.approx(30 + 1.0)
     assert train_module.time_limit_reserve(7200, 0.1) == pytest.approx(60 + 0.2)
+
+
+# ---------------------------------------------------------------- lines the fast suite never ran (coverage)
+@pytest.mark.parametrize("item,words", [
+    ("ema_decay", "expected KEY=VALUE"),
+    ("ema_decay=", "expected KEY=VALUE"),
+    ("learning_rate=1", "not a settable key"),
+    ("net.width=8", "not a settable key"),
+    ("weight_decay=fast", "expected float"),
+    ("net.channel_mults=1,x", "expected comma-separated integers"),
+    ("grad_clip=nan", "expected a finite number >= 0"),
+    ("warmup_steps=-1", "expected a finite number >= 0"),
+    ("prediction_type=velocity", "expected one of eps, x0, v, flow"),
+    ("timestep_sampling=beta", "expected one of uniform, logit-normal"),
+])
+def test_a_bad_set_override_is_an_error_naming_it(item, words):
+    from bench.errors import UserError
+    from models.train import apply_overrides, get_preset
+
+    preset = get_preset("digits-cond")  # a ddpm-unet: channel_mults is one of its network fields
+    with pytest.raises(UserError, match=words):
+        apply_overrides(preset, [item])
+    with pytest.raises(UserError, match="given twice"):
+        apply_overrides(preset, ["weight_decay=0", "weight_decay=0.1"])
+    changed = apply_overrides(preset, ["weight_decay=0.004", "net.channel_mults=1,2", "timestep_sampling=logit-normal"])
+    assert (changed.weight_decay, changed.network["channel_mults"], changed.timestep_sampling) == (
+        0.004, (1, 2), "logit-normal")
+
+
+def test_logit_normal_training_times_are_sd3s_sigmoid_of_a_standard_normal():
+    """t/T = sigmoid(u), u ~ N(0, 1) (Esser et al. 2024): median T/2, and P(T/4 <= t < 3T/4) = P(|u| < log 3)
+    = 0.7267, where uniform times give 0.5."""
+    from models.train import sample_train_timesteps
+
+    t = sample_train_timesteps("logit-normal", 1000, 40_000, torch.Generator().manual_seed(0))
+    assert t.dtype == torch.int64 and int(t.min()) >= 0 and int(t.max()) <= 999
+    assert abs(float(t.double().median()) - 499.5) < 10
+    middle = float(((t >= 250) & (t < 750)).double().mean())
+    assert middle == pytest.approx(math.erf(math.log(3) / math.sqrt(2)), abs=0.01)
+    uniform = sample_train_timesteps("uniform", 1000, 40_000, torch.Generator().manual_seed(0))
+    assert float(((uniform >= 250) & (uniform < 750)).double().mean()) == pytest.approx(0.5, abs=0.01)
