@@ -551,3 +551,51 @@ def test_saved_rows_that_are_not_a_finite_table_as_wide_as_the_reference_are_ref
     np.save(tmp_path / "features" / "bad.npy", rows)
     with pytest.raises(UserError, match=message):
         load_rows(tmp_path, "features/bad.npy", reference)
+
+
+def test_only_what_the_tool_writes_is_not_foreign_in_a_results_folder(tmp_path):
+    """--force clears a folder only when everything in it is the tool's: its top files, its folders holding
+    their own file types, the lock and .tmp leftovers; anything else is named."""
+    from bench.folder import LOCK_NAME
+    from bench.results import _foreign_entries
+
+    for name in ("config.json", "results.csv", "report.md", "results.csv.tmp", LOCK_NAME):
+        (tmp_path / name).write_text("x")
+    for folder, good in (("samples", "a.png"), ("plots", "b.png"), ("trajectories", "c.png"), ("features", "d.npy"),
+                         ("features", "reference.npz")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / good).write_text("x")
+    assert _foreign_entries(tmp_path) == []
+    (tmp_path / "samples" / "notes.txt").write_text("mine")
+    (tmp_path / "features" / "sub").mkdir()
+    (tmp_path / "thesis.tex").write_text("mine")
+    (tmp_path / "data").mkdir()
+    assert _foreign_entries(tmp_path) == ["data", "features/sub", "samples/notes.txt", "thesis.tex"]
+
+
+def test_a_weights_option_names_a_missing_or_unreadable_file_and_accepts_plain_tensors(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from bench.errors import UserError
+    from bench.harness import check_tensor_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "ok.safetensors"))
+    torch.save({"w": torch.zeros(2)}, tmp_path / "ok.pt")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    check_tensor_file(str(tmp_path / "ok.safetensors"), "--fid-weights")
+    check_tensor_file(str(tmp_path / "ok.pt"), "--fid-weights")
+    with pytest.raises(UserError, match="--fid-weights .*missing.pt: no such file"):
+        check_tensor_file(str(tmp_path / "missing.pt"), "--fid-weights")
+    with pytest.raises(UserError, match="refusing to load it: not a plain tensor file"):
+        check_tensor_file(str(tmp_path / "bad.safetensors"), "--fid-weights")
+
+
+def test_resume_of_a_folder_without_results_csv_is_refused_before_anything_runs(tmp_path):
+    from bench.errors import UserError
+    from bench.results import prepare_out_dir
+
+    (tmp_path / "r").mkdir()
+    with pytest.raises(UserError, match="no results.csv there to resume from"):
+        prepare_out_dir(str(tmp_path / "r"), tmp_path, "m", resume=True, force=False)
+    assert list((tmp_path / "r").iterdir()) == []
