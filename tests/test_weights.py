@@ -191,3 +191,50 @@ def test_diffusers_pickle_only_folder_is_refused(tiny_diffusers_folder):
     torch.save(unet.state_dict(), folder / "unet" / "diffusion_pytorch_model.bin")
     with pytest.raises(UserError, match="no .safetensors"):
         load_model_arg(str(folder), Registry())
+
+
+# ---------------------------------------------------------------- diffusers configs: lines the fast suite never ran
+def test_a_scheduler_config_is_found_in_scheduler_then_the_folder_then_the_unet_and_must_be_json(tmp_path):
+    from models.diffusers_adapter import read_scheduler_config
+
+    unet = tmp_path / "unet"
+    unet.mkdir()
+    with pytest.raises(UserError, match="no scheduler_config.json in"):
+        read_scheduler_config(tmp_path, unet)
+    (unet / "scheduler_config.json").write_text('{"beta_end": 0.03}')
+    assert read_scheduler_config(tmp_path, unet)["beta_end"] == 0.03
+    (tmp_path / "scheduler_config.json").write_text('{"beta_end": 0.04}')
+    assert read_scheduler_config(tmp_path, unet)["beta_end"] == 0.04
+    (tmp_path / "scheduler").mkdir()
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text("{not json")
+    with pytest.raises(UserError, match="scheduler_config.json' is not valid JSON"):
+        read_scheduler_config(tmp_path, unet)
+
+
+def test_trained_betas_win_and_unknown_schedules_or_predictions_are_named(tmp_path):
+    from models.diffusers_adapter import prediction_type, schedule_from_config
+
+    betas = [0.001, 0.01, 0.1]
+    schedule = schedule_from_config({"trained_betas": betas, "beta_schedule": "linear"}, tmp_path)
+    assert schedule.num_timesteps == 3 and schedule.betas.tolist() == pytest.approx(betas)
+    cosine = schedule_from_config({"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 50}, tmp_path)
+    assert cosine.num_timesteps == 50 and cosine.config.kind == "cosine"
+    with pytest.raises(UserError, match="beta_schedule 'sigmoid' is not supported"):
+        schedule_from_config({"beta_schedule": "sigmoid"}, tmp_path)
+    assert [prediction_type({"prediction_type": k}, tmp_path) for k in ("epsilon", "sample", "v_prediction")] == \
+        ["eps", "x0", "v"] and prediction_type({}, tmp_path) == "eps"
+    with pytest.raises(UserError, match="prediction_type 'flow' is not supported"):
+        prediction_type({"prediction_type": "flow"}, tmp_path)
+
+
+def test_an_edm_or_flow_config_with_a_bad_entry_is_an_error_naming_the_file(tmp_path):
+    from models.diffusers_adapter import path_from_config
+
+    source = tmp_path / "scheduler_config.json"
+    path, kind = path_from_config({"_class_name": "EDMEulerScheduler", "sigma_max": 10, "_path": str(source)}, source)
+    assert (kind, path.kind, path.t_max) == ("edm", "ve", 10.0)
+    with pytest.raises(UserError, match="EDM prediction_type 'v_prediction' is not supported") as info:
+        path_from_config({"_class_name": "EDMEulerScheduler", "prediction_type": "v_prediction"}, source)
+    assert str(source) in str(info.value)
+    with pytest.raises(UserError, match="shift = 'big' is not a number"):
+        path_from_config({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": "big"}, source)
