@@ -599,3 +599,30 @@ def test_resume_of_a_folder_without_results_csv_is_refused_before_anything_runs(
     with pytest.raises(UserError, match="no results.csv there to resume from"):
         prepare_out_dir(str(tmp_path / "r"), tmp_path, "m", resume=True, force=False)
     assert list((tmp_path / "r").iterdir()) == []
+
+
+@pytest.mark.parametrize("text,words", [
+    ("", "is empty; it is not a sampler-bench results.csv"),
+    ("sampler,steps,status,error\nddim,ten,ok,\n", "the steps column holds values that are not integers"),
+    ("sampler,steps,guidance,status,error\nddim,10,strong,ok,\n", "the guidance column holds values that are not"),
+], ids=["empty", "steps-text", "guidance-text"])
+def test_a_results_csv_with_text_where_numbers_belong_is_an_error_naming_it(tmp_path, text, words):
+    from bench.errors import UserError
+    from bench.report import read_results_csv
+
+    (tmp_path / "results.csv").write_text(text)
+    with pytest.raises(UserError, match=words) as info:
+        read_results_csv(tmp_path / "results.csv")
+    assert str(tmp_path / "results.csv") in str(info.value)
+
+
+def test_a_plugin_registering_the_wrong_kind_or_a_missing_file_is_reported_not_a_crash(tmp_path):
+    from bench.plugins import load_registry
+
+    (tmp_path / "wrong.py").write_text("from bench import hookimpl\n@hookimpl\ndef register_samplers(register):\n"
+                                       "    register('ddim-but-a-string')\n")
+    registry = load_registry([str(tmp_path / "wrong.py")])
+    assert "ddim" in registry.samplers and "ddim-but-a-string" not in registry.samplers
+    assert any("expects a SamplerSpec, got str" in e for e in registry.errors), registry.errors
+    missing = load_registry([str(tmp_path / "missing.py")])  # (the CLI refuses it before: exit 2)
+    assert "ddim" in missing.samplers and any("missing.py' does not exist" in e for e in missing.errors)
