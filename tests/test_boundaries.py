@@ -32,3 +32,40 @@ def test_the_other_counts_may_not_be_left_unset():
     for name in sorted(set(COUNT_BOUNDS) - {"num_samples", "batch_size", "threads"}):
         with pytest.raises(UserError, match=f"--{name.replace('_', '-')} must be"):
             RunConfig(**{name: None})
+
+
+def test_step_counts_run_from_1_to_t_inclusive():
+    from bench.selection import validate_steps
+
+    assert validate_steps([1, 1000], 1000) == (1, 1000)
+    for bad in (0, 1001, -1):
+        with pytest.raises(UserError, match="between 1 and T=1000"):
+            validate_steps([bad], 1000)
+
+
+def test_guidance_scales_start_at_0_inclusive_and_need_a_conditional_model():
+    from bench.selection import validate_guidance
+
+    assert validate_guidance(["0", "0.0", "2"], 10) == (0.0, 2.0)
+    assert validate_guidance((), 10) == (0.0,) and validate_guidance((), 0) is None
+    for bad in ("-1e-9", "inf", "nan"):
+        with pytest.raises(UserError, match="finite and >= 0"):
+            validate_guidance([bad], 10)
+    with pytest.raises(UserError, match="is not a number"):
+        validate_guidance(["strong"], 10)
+    with pytest.raises(UserError, match="needs a class-conditional model"):
+        validate_guidance(["1"], 0)
+
+
+def test_class_labels_run_from_0_to_k_minus_1():
+    from bench.selection import validate_classes
+
+    assert validate_classes(["0", 9, 9], 10) == (0, 9) and validate_classes((), 3) == (0, 1, 2)
+    assert validate_classes((), 0) is None
+    for bad in (-1, 10):
+        with pytest.raises(UserError, match=f"label {bad} is outside 0..9"):
+            validate_classes([bad], 10)
+    with pytest.raises(UserError, match="'two' is not an integer label"):
+        validate_classes(["two"], 10)
+    with pytest.raises(UserError, match="needs a class-conditional model"):
+        validate_classes([1], 0)
