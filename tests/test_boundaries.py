@@ -69,3 +69,30 @@ def test_class_labels_run_from_0_to_k_minus_1():
         validate_classes(["two"], 10)
     with pytest.raises(UserError, match="needs a class-conditional model"):
         validate_classes([1], 0)
+
+
+def test_a_schedule_needs_at_least_one_step_and_betas_strictly_inside_0_and_1():
+    import torch
+
+    from bench.schedule import NoiseSchedule, make_betas
+
+    assert make_betas("linear", 1).tolist() == [1e-4]
+    with pytest.raises(UserError, match="num_timesteps must be >= 1, got 0"):
+        make_betas("linear", 0)
+    with pytest.raises(UserError, match="unknown beta schedule 'sigmoid'"):
+        make_betas("sigmoid", 10)
+    assert NoiseSchedule(torch.tensor([1e-12, 1 - 1e-12], dtype=torch.float64)).num_timesteps == 2
+    for bad in ([], [0.0, 0.5], [0.5, 1.0], [0.5, float("nan")]):
+        with pytest.raises(UserError, match="non-empty sequence of values in \\(0, 1\\)"):
+            NoiseSchedule(torch.tensor(bad, dtype=torch.float64))
+
+
+def test_respace_keeps_0_and_t_minus_1_and_refuses_repeats_and_anything_outside():
+    from bench.schedule import NoiseSchedule
+
+    schedule = NoiseSchedule.linear(10)
+    respaced = schedule.respace([9, 0])
+    assert respaced.alpha_bar.tolist() == pytest.approx([float(schedule.alpha_bar[0]), float(schedule.alpha_bar[9])])
+    for bad in ([], [3, 3], [-1, 5], [0, 10]):
+        with pytest.raises(UserError, match="distinct timesteps in 0..9"):
+            schedule.respace(bad)
