@@ -76,8 +76,8 @@ def resolve_samplers(items: tuple[str, ...] | list[str], registry: Registry) -> 
 
     choices: list[SamplerChoice] = []
     for item in items:
-        if ":" in item and "," in item.partition(":")[0]:
-            listed, _, rest = item.partition(":")
+        listed, has_params, rest = item.partition(":")
+        if has_params and "," in listed:
             *names, last = listed.split(",")
             plain = " ".join(n for n in names if n)
             raise UserError(f"--samplers {item!r} mixes a comma-separated list with parameters; give the "

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -97,3 +101,16 @@ def discrete_oracle():
 
     return DiscreteOracle()
 
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file holding a uint8 array (LeCun's format: two zero bytes, type 0x08, ndim, big-endian dims, data)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (a stale lock's holder)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid

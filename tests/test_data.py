@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +12,7 @@ import torch
 from bench.errors import UserError
 from models import data
 from models.data import load_dataset, read_idx
-from tests.helpers import DATASET_PACKAGES, in_ci, needs_dataset
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """An IDX file holding a uint8 array: magic 0x00000803-style header, big-endian dims, data."""
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(np.uint8).tobytes()
+from tests.helpers import DATASET_PACKAGES, idx_bytes, in_ci, needs_dataset
 
 
 @pytest.fixture

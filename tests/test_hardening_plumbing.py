@@ -14,8 +14,6 @@ import argparse
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +23,7 @@ import pytest
 import torch
 
 from bench.errors import UserError
-from tests.helpers import needs_dataset
+from tests.helpers import dead_pid, needs_dataset
 
 # --------------------------------------------------------------------------- bench.selection
 
@@ -269,12 +267,6 @@ def _write_lock(folder: Path, pid, host, age_s: float = 0.0) -> None:
         os.utime(path, (then, then))
 
 
-def _dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
-
-
 def test_a_lock_is_ours_only_for_our_pid_on_our_host(tmp_path):
     from bench.folder import read_lock
 
@@ -284,7 +276,7 @@ def test_a_lock_is_ours_only_for_our_pid_on_our_host(tmp_path):
     assert read_lock(tmp_path / "b")["pid"] == os.getppid()  # a live process of this host holds it
     _write_lock(tmp_path / "c", os.getpid(), socket.gethostname())
     assert read_lock(tmp_path / "c") is None
-    _write_lock(tmp_path / "d", _dead_pid(), socket.gethostname())
+    _write_lock(tmp_path / "d", dead_pid(), socket.gethostname())
     assert read_lock(tmp_path / "d") is None
 
 
@@ -305,7 +297,7 @@ def test_another_hosts_lock_is_fresh_until_the_stale_age(tmp_path, monkeypatch):
 def test_acquire_replaces_a_lock_whose_process_is_gone(tmp_path):
     from bench.folder import LOCK_NAME, acquire_lock, release_lock
 
-    _write_lock(tmp_path, _dead_pid(), socket.gethostname())
+    _write_lock(tmp_path, dead_pid(), socket.gethostname())
     path = acquire_lock(tmp_path)
     try:
         assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()

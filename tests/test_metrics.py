@@ -171,8 +171,9 @@ def test_oracle_fd_says_when_there_are_no_more_images_than_pixels(tmp_path):
 
 # ---------------------------------------------------------------- merges the fast suite never ran (coverage, round 7)
 def _rank_batches(batches: list, world: int) -> list[list]:
-    """What the harness feeds each rank: rank r gets global batches r, r + W, ..."""
-    return [batches[r::world] for r in range(world)]
+    """What the harness feeds each rank (bench.distributed.Processes.share)."""
+    from bench.distributed import Processes
+    return [Processes(rank=r, world_size=world).share(batches) for r in range(world)]
 
 
 @pytest.mark.parametrize("world", [2, 3])

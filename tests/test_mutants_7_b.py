@@ -6,8 +6,6 @@ Each test pins one documented property; docs/mutation-run-7-b.md lists the mutan
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +16,7 @@ from bench.folder import LOCK_NAME
 from bench.jobs import Harness
 from bench.results import prepare_out_dir
 from bench.schedule import NoiseSchedule, ScheduleConfig
+from tests.helpers import dead_pid
 
 
 @pytest.mark.parametrize("bad", [float("inf"), -float("inf"), float("nan")])
@@ -30,16 +29,10 @@ def test_samples_holding_inf_or_nan_are_refused_by_the_sample_check(bad):
         Harness._check(harness, samples, 3)
 
 
-def _dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
-
-
 def test_a_folder_holding_only_a_stale_lock_counts_as_empty(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / LOCK_NAME).write_text(f'{{"pid": {_dead_pid()}, "host": "{socket.gethostname()}", "command": "x"}}')
+    (out / LOCK_NAME).write_text(f'{{"pid": {dead_pid()}, "host": "{socket.gethostname()}", "command": "x"}}')
     assert prepare_out_dir(str(out), tmp_path, "m", resume=False, force=False) == out
     (out / "notes.txt").write_text("mine")  # anything else makes it a folder the tool did not write
     with pytest.raises(Exception, match="not empty"):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import struct
 
 import numpy as np
 import pytest
 import torch
+
+from tests.helpers import idx_bytes
 
 
 def test_edm_stochastic_churns_at_a_level_exactly_at_s_tmin_and_at_s_tmax():
@@ -77,9 +78,8 @@ def test_force_names_up_to_five_foreign_entries_and_counts_only_the_rest(tmp_pat
 
 
 def _idx(array: np.ndarray) -> bytes:
-    """An IDX file (LeCun's format: two zero bytes, type 0x08 = uint8, ndim, big-endian dims, data), gzipped."""
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    return gzip.compress(header + array.astype(np.uint8).tobytes())
+    """An IDX file, gzipped as the Debian package ships them."""
+    return gzip.compress(idx_bytes(array))
 
 
 @pytest.mark.parametrize("labels", [np.array([1, 2]), np.array([1, 2, 3, 4]), np.array([[1], [2], [3]])])
