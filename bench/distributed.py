@@ -110,7 +110,7 @@ def launched_processes(environ=os.environ) -> tuple[int, int, int]:
         local = int(environ.get("LOCAL_RANK", str(rank)))
     except ValueError as exc:
         raise UserError(f"WORLD_SIZE, RANK and LOCAL_RANK must be integers ({exc})") from None
-    if world < 1 or not 0 <= rank < world:
+    if not 0 <= rank < world:  # also refuses WORLD_SIZE < 1
         raise UserError(f"RANK={rank} is not in 0..WORLD_SIZE-1 with WORLD_SIZE={world}")
     return rank, world, local
 

@@ -81,8 +81,8 @@ def test_model_defaults_refuse_non_positive_counts_that_bypass_the_config(monkey
     from bench.config import RunConfig
     from bench.harness import _model_defaults
 
-    config = RunConfig(num_samples=4, batch_size=1)
-    assert _model_defaults(config, torch.device("cpu"))[1:] == (4, 1)
+    for n, b in ((4, 1), (1, 1)):
+        assert _model_defaults(RunConfig(num_samples=n, batch_size=b), torch.device("cpu"))[1:] == (n, b)
     for counts in ({"num_samples": -3}, {"batch_size": -1}):
         bad = RunConfig(num_samples=4, batch_size=1)
         for name, value in counts.items():
@@ -466,3 +466,64 @@ def test_a_pickled_state_must_be_a_dict_of_tensors_and_a_weight_file_must_exist(
     (tmp_path / "w.bin").write_bytes((tmp_path / "ok.pt").read_bytes())
     with pytest.raises(UserError, match="w.bin': unsupported weight file type; expected one of .safetensors"):
         load_state(tmp_path / "w.bin")
+
+
+# --------------------------------------------------------------------------- bounds found by boundary mutants
+# The same coverage run planted `<` for `<=`, `x - 1` for `x` and the like in every guarded condition and ran the
+# tests covering that line; these are the bounds whose edge no test had given.
+
+def test_a_rank_runs_from_0_to_world_size_minus_1_and_world_size_0_is_refused():
+    from bench.distributed import launched_processes
+
+    assert launched_processes({"WORLD_SIZE": "2", "RANK": "0"}) == (0, 2, 0)
+    for env in ({"WORLD_SIZE": "2", "RANK": "-1"}, {"WORLD_SIZE": "0", "RANK": "0"},
+                {"WORLD_SIZE": "-1", "RANK": "0"}):
+        with pytest.raises(UserError, match=f"RANK={env['RANK']} is not in 0..WORLD_SIZE-1 with "
+                                            f"WORLD_SIZE={env['WORLD_SIZE']}"):
+            launched_processes(env)
+
+
+def test_local_rank_must_be_below_the_visible_gpu_count(monkeypatch):
+    from bench import distributed
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    env = {"WORLD_SIZE": "4", "RANK": "2", "MASTER_ADDR": "localhost", "MASTER_PORT": "1"}
+    with pytest.raises(UserError, match="LOCAL_RANK=2 but this node has 2 visible CUDA device"):
+        distributed.init_processes(torch.device("cuda"), {**env, "LOCAL_RANK": "2"})
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: pytest.fail("the check comes first"))
+    with pytest.raises(pytest.fail.Exception, match="the check comes first"):  # LOCAL_RANK=1 passes the check
+        distributed.init_processes(torch.device("cuda"), {**env, "LOCAL_RANK": "1"})
+
+
+def test_as_many_processes_as_images_is_allowed_and_one_more_is_refused(sandbox, registry, monkeypatch):
+    from bench import harness
+    from bench.config import RunConfig
+    from bench.distributed import Processes
+
+    class Reached(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Reached
+
+    monkeypatch.setattr(harness, "init_processes", lambda device: (Processes(0, 3), device))
+    monkeypatch.setattr(harness, "resolve_samplers", stop)
+    def config(n):
+        return RunConfig(model="gaussian-oracle", samplers=("ddim",), steps=(2,), num_samples=n, device="cpu")
+
+    with pytest.raises(Reached):
+        harness.run_benchmark(config(3), registry)
+    with pytest.raises(UserError, match="3 processes for 2 images: every process needs at least one"):
+        harness.run_benchmark(config(2), registry)
+
+
+def test_orders_grids_run_from_seed_points_plus_2_to_t(capsys):
+    from bench.orders import SEED_POINTS
+
+    low = SEED_POINTS + 2
+    assert main(["orders", "--solvers", "ddim", "--images", "1", "--steps", f"{low},1000"]) == 0
+    out = capsys.readouterr().out
+    assert f"({low}) |" in out and "(1000) |" in out
+    for steps in (f"{low - 1},40", "20,1001", "20"):
+        refused(["orders", "--solvers", "ddim", "--images", "1", "--steps", steps], capsys,
+                f"--steps needs at least two grid sizes in {low}..1000")
