@@ -527,3 +527,43 @@ def test_orders_grids_run_from_seed_points_plus_2_to_t(capsys):
     for steps in (f"{low - 1},40", "20,1001", "20"):
         refused(["orders", "--solvers", "ddim", "--images", "1", "--steps", steps], capsys,
                 f"--steps needs at least two grid sizes in {low}..1000")
+
+
+def _count_names():
+    from bench.config import COUNT_BOUNDS
+
+    return sorted(COUNT_BOUNDS)
+
+
+@pytest.mark.parametrize("name", _count_names())
+def test_config_json_counts_are_read_back_inside_their_bounds_edges_included(name, tmp_path):
+    from bench.config import COUNT_BOUNDS
+    from bench.report import check_config_values
+
+    low, high = COUNT_BOUNDS[name]
+    places = [lambda v: {"config": {name: v}}]
+    if name in ("num_samples", "batch_size"):
+        places.append(lambda v: {"config": {}, name: v})
+    for place in places:
+        for value in (low, high):
+            check_config_values(place(value), tmp_path / "config.json")
+        for value in (low - 1, high + 1):
+            with pytest.raises(UserError, match=f"{name} must be an integer in \\[{low}, {high:,}\\], got {value}"):
+                check_config_values(place(value), tmp_path / "config.json")
+
+
+def test_plan_file_times_lie_in_the_models_range_edges_included():
+    from bench.paths import PathConfig, make_path
+    from bench.schedule import NoiseSchedule
+    from bench.tune import check_times
+
+    schedule = NoiseSchedule.linear(10)
+    assert check_times([9, 0], schedule, "f") == [9, 0] and check_times([9.0, 4.0], schedule, "f") == [9, 4]
+    for times in ([10, 0], [5, -1], [5.5, 1]):
+        with pytest.raises(UserError, match="f: timesteps must be integers in 0..9"):
+            check_times(times, schedule, "f")
+    path = make_path(PathConfig(kind="flow"))
+    assert check_times([path.t_max, 1e-6], path, "g") == [path.t_max, 1e-6]
+    for times in ([path.t_max * 1.001, 0.5], [0.5, 0.0], [0.5, -0.1]):
+        with pytest.raises(UserError, match=f"g: times must lie in \\(0, {path.t_max:g}\\] on this flow path"):
+            check_times(times, path, "g")
